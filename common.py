@@ -1,0 +1,332 @@
+"""Images in, pictures out: the only code the model files share.
+
+- `load_images(data, res)`: a folder (recursive), a .zip or `toy` -> `ImageSet` of uint8 images
+  (N, res, res, 3), integer labels and class names. Decoded once, cached on disk and
+  memory-mapped, so later runs start in seconds and sets larger than RAM work.
+- `Batches`: infinite, shuffled, reproducible batches in [-1, 1] on the training device, a
+  disjoint shard per DDP rank, with a `state_dict()` so a resumed run draws the same batches.
+- `make_grid` / `save_grid`, `save_gif`, `save_progress_gif`, `plot_losses`: PNG grids,
+  animated GIFs and the loss curve (from `log.jsonl`), drawn with Pillow.
+
+The cache lives in $GAN_CACHE_DIR, else $XDG_CACHE_HOME/anime-gans, else ~/.cache/anime-gans.
+"""
+import hashlib
+import io
+import json
+import math
+import os
+import zipfile
+from collections import namedtuple
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import torch
+from PIL import Image, ImageDraw
+
+IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
+CACHE_VERSION = 1
+ImageSet = namedtuple("ImageSet", "images labels classes")  # (N,res,res,3) uint8, (N,) int64, [str]
+
+
+class UserError(ValueError):
+    """Bad input (data, arguments, checkpoint) or a run that must stop: the model files print it
+    as one line, `<model>: error: ...`, and exit with status 1."""
+
+
+# --- reading images -----------------------------------------------------------------------------
+
+def _list_files(data):
+    """[(relative path, size, mtime_ns)] of the images in a folder or zip, sorted by path."""
+    if data.lower().endswith(".zip"):
+        if not os.path.isfile(data):
+            raise UserError(f"zip file {data!r} not found")
+        try:
+            with zipfile.ZipFile(data) as zf:
+                return sorted((i.filename, i.file_size, 0) for i in zf.infolist()
+                              if not i.is_dir() and i.filename.lower().endswith(IMAGE_EXTS)
+                              and "__MACOSX" not in i.filename)
+        except zipfile.BadZipFile:
+            raise UserError(f"{data!r} is not a valid zip file") from None
+    if not os.path.isdir(data):
+        raise UserError(f"data folder {data!r} not found (pass a folder, a .zip or 'toy')")
+    files = []
+    for root, dirs, names in os.walk(data, followlinks=True):
+        dirs.sort()
+        for name in names:
+            if name.lower().endswith(IMAGE_EXTS) and not name.startswith("."):
+                path = os.path.join(root, name)
+                st = os.stat(path)
+                files.append((os.path.relpath(path, data).replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
+    return sorted(files)
+
+
+def _class_of(paths):
+    """ImageFolder convention: first-level subfolders are classes, unless images also lie at the
+    top level (then one class). A single wrapper folder (faces.zip -> faces/...) is looked through."""
+    parts = [p.split("/") for p in paths]
+    while len(parts) and all(len(q) > 2 for q in parts) and len({q[0] for q in parts}) == 1:
+        parts = [q[1:] for q in parts]
+    if not parts or any(len(q) == 1 for q in parts):
+        return [""] * len(parts), [""]
+    names = [q[0] for q in parts]
+    return names, sorted(set(names))
+
+
+def _decode(raw, res):
+    """Bytes of any image -> (res, res, 3) uint8: RGB, center-cropped square, antialiased resize."""
+    im = Image.open(io.BytesIO(raw))
+    im.draft("RGB", (res, res))  # JPEG: decode at the smallest DCT scale still >= res (fast, antialiased)
+    if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
+        a = np.asarray(im, dtype=np.float64)
+        im = Image.fromarray((a * (255.0 / max(a.max(), 1.0))).clip(0, 255).astype(np.uint8))
+    if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+        im = im.convert("RGBA")
+        bg = Image.new("RGBA", im.size, (255, 255, 255, 255))
+        im = Image.alpha_composite(bg, im)  # transparent pixels become white, not black
+    im = im.convert("RGB")
+    w, h = im.size
+    s = min(w, h)
+    box = ((w - s) // 2, (h - s) // 2, (w - s) // 2 + s, (h - s) // 2 + s)
+    return np.asarray(im.crop(box).resize((res, res), Image.LANCZOS), dtype=np.uint8)
+
+
+def _cache_dir():
+    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "anime-gans")
+    return os.environ.get("GAN_CACHE_DIR", default)
+
+
+def load_images(data, res, verbose=True):
+    """Folder / .zip / 'toy' -> ImageSet, decoded once and memory-mapped from the cache."""
+    say = print if verbose else (lambda *a, **k: None)
+    if data == "toy":
+        key_src, files = ["toy", res, CACHE_VERSION], None
+    else:
+        data = os.path.abspath(os.path.expanduser(data))
+        files = _list_files(data)
+        if not files:
+            raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found in {data!r}")
+        key_src = [data, res, CACHE_VERSION, files]
+    key = hashlib.sha1(json.dumps(key_src).encode()).hexdigest()[:16]
+    base = os.path.join(_cache_dir(), f"{os.path.basename(str(data)).removesuffix('.zip')}_{res}px_{key}")
+    if not os.path.exists(base + ".json"):
+        os.makedirs(_cache_dir(), exist_ok=True)
+        _build_cache(data, res, files, base, say)
+    meta = json.load(open(base + ".json"))
+    n = len(meta["labels"])
+    images = np.memmap(base + ".u8", dtype=np.uint8, mode="r", shape=(n, res, res, 3))
+    if meta["skipped"]:
+        say(f"skipped {meta['skipped']} unreadable or corrupt file(s) of {n + meta['skipped']}")
+    return ImageSet(images, np.array(meta["labels"], dtype=np.int64), meta["classes"])
+
+
+def _build_cache(data, res, files, base, say):
+    """Decode every image into a raw uint8 file (written in order, so it never sits in RAM whole),
+    then publish it atomically: the .json is written last and marks the cache complete."""
+    tmp = f"{base}.{os.getpid()}.tmp"
+    if files is None:
+        arrays, labels, classes = make_toy(res)
+        arrays.tofile(tmp)
+        n_ok, skipped = len(arrays), 0
+    else:
+        say(f"decoding {len(files)} images from {data} at {res}x{res} (cached for later runs)...")
+        names, classes = _class_of([f[0] for f in files])
+        zf = zipfile.ZipFile(data) if data.lower().endswith(".zip") else None
+
+        def read(rel):
+            try:
+                if zf is not None:
+                    return _decode(zf.read(rel), res)
+                with open(os.path.join(data, rel), "rb") as f:
+                    return _decode(f.read(), res)
+            except Exception:  # truncated, corrupt, or not an image at all: skip and count
+                return None
+
+        labels, n_ok = [], 0
+        with open(tmp, "wb") as out, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for start in range(0, len(files), 4096):  # in chunks: bounded memory for huge sets
+                chunk = files[start:start + 4096]
+                for name, arr in zip(names[start:], pool.map(read, [f[0] for f in chunk])):
+                    if arr is not None:
+                        out.write(arr.tobytes())
+                        labels.append(classes.index(name))
+                        n_ok += 1
+        skipped = len(files) - n_ok
+        if n_ok == 0:
+            os.remove(tmp)
+            raise UserError(f"none of the {len(files)} image files in {data!r} could be read")
+        used = sorted(set(labels))  # a class whose every image was corrupt is dropped
+        labels = [used.index(c) for c in labels]
+        classes = [classes[c] for c in used]
+    os.replace(tmp, base + ".u8")
+    meta = {"labels": [int(c) for c in labels], "classes": classes, "skipped": skipped}
+    with open(tmp, "w") as f:
+        json.dump(meta, f)
+    os.replace(tmp, base + ".json")
+
+
+# --- the built-in toy set -----------------------------------------------------------------------
+
+TOY_HAIR = {"black": (40, 36, 48), "blonde": (240, 210, 110), "blue": (70, 110, 220),
+            "pink": (245, 140, 190), "red": (200, 50, 45), "silver": (200, 205, 215)}
+TOY_EYES = [(60, 120, 230), (40, 170, 90), (200, 60, 60), (150, 80, 200), (230, 160, 40)]
+
+
+def make_toy(res, n=4096, seed=0):
+    """Procedural anime-style faces: hair colour is the class. Deterministic in (res, n, seed)."""
+    rng = np.random.default_rng(seed)
+    classes = list(TOY_HAIR)
+    labels = np.arange(n) % len(classes)
+    images = np.empty((n, res, res, 3), dtype=np.uint8)
+    S = 128  # drawn at 128 px, then resized with an antialiasing filter
+    for i in range(n):
+        r = lambda lo, hi: float(rng.uniform(lo, hi))  # noqa: E731
+        hair = tuple(int(c * r(0.85, 1.1)) for c in TOY_HAIR[classes[labels[i]]])
+        hair_dark = tuple(int(c * 0.7) for c in hair)
+        eye = TOY_EYES[rng.integers(len(TOY_EYES))]
+        skin = (255, int(r(215, 235)), int(r(195, 215)))
+        im = Image.new("RGB", (S, S), tuple(int(rng.integers(150, 256)) for _ in range(3)))
+        d = ImageDraw.Draw(im)
+        cx, cy, s = S / 2, S / 2 + 6, r(0.8, 1.05)
+        P = lambda x, y: (cx + x * s, cy + y * s)  # noqa: E731
+        d.ellipse([P(-50, -62), P(50, 55)], fill=hair)  # hair behind the face
+        d.rounded_rectangle([P(-50, -20), P(50, r(50, 75))], radius=14 * s, fill=hair)
+        d.ellipse([P(-36, -42), P(36, 46)], fill=skin)  # face
+        bangs = [P(-46, -30)] + [P(-40 + 10 * k, -10 + 14 * (k % 2) - 12) for k in range(9)] + [P(46, -30)]
+        d.polygon([P(-46, -58), P(46, -58)] + bangs[::-1], fill=hair)
+        ey, gap = r(4, 10), r(14, 18)
+        for side in (-1, 1):  # eyes: white, coloured iris, pupil, highlight
+            ex = side * gap
+            d.ellipse([P(ex - 10, ey - 12), P(ex + 10, ey + 12)], fill=(255, 255, 255), outline=hair_dark)
+            d.ellipse([P(ex - 7, ey - 9), P(ex + 7, ey + 11)], fill=eye)
+            d.ellipse([P(ex - 3, ey - 2), P(ex + 3, ey + 6)], fill=(20, 20, 30))
+            d.ellipse([P(ex - 5, ey - 7), P(ex - 1, ey - 3)], fill=(255, 255, 255))
+            d.line([P(ex - 11, ey - 14), P(ex + 9, ey - 16)], fill=hair_dark, width=2)
+        my, mw = r(28, 33), r(3, 8)
+        d.arc([P(-mw, my - 4), P(mw, my + 4)], 20, 160, fill=(170, 60, 70), width=2)  # mouth
+        im = im.rotate(r(-15, 15), resample=Image.BICUBIC, center=(cx + r(-8, 8), cy + r(-8, 8)),
+                       translate=(r(-8, 8), r(-6, 6)), fillcolor=im.getpixel((0, 0)))
+        images[i] = np.asarray(im.resize((res, res), Image.LANCZOS))
+    return images, labels, classes
+
+
+# --- batches ------------------------------------------------------------------------------------
+
+class Batches:
+    """Infinite shuffled batches (x in [-1, 1] on `device`, y labels), reproducible from `seed`.
+    Each epoch is a fixed permutation (and flip mask) from (seed, epoch); rank r of `world` takes
+    every world-th index, a disjoint shard. `batch` is this rank's batch. The state is just
+    (epoch, position), so resume draws exactly the batches an uninterrupted run would have."""
+
+    def __init__(self, data, batch, device, seed=0, rank=0, world=1, flip=True):
+        self.images, self.labels = data.images, torch.from_numpy(data.labels)
+        self.batch, self.device, self.seed, self.rank, self.world, self.flip = batch, device, seed, rank, world, flip
+        self.shard = len(self.labels) // world
+        if self.shard == 0:
+            raise UserError(f"{len(self.labels)} images cannot be split across {world} processes")
+        self.epoch, self.pos = 0, 0
+        self._new_epoch()
+
+    def _new_epoch(self):
+        rng = np.random.default_rng([self.seed, self.epoch])
+        perm = rng.permutation(len(self.labels))
+        flips = rng.random(len(self.labels)) < 0.5
+        self.order = perm[self.rank::self.world][:self.shard]
+        self.flips = torch.from_numpy(flips[self.rank::self.world][:self.shard])
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        parts = []
+        while sum(len(p) for p in parts) < self.batch:
+            if self.pos == self.shard:
+                self.epoch, self.pos = self.epoch + 1, 0
+                self._new_epoch()
+            take = min(self.batch - sum(len(p) for p in parts), self.shard - self.pos)
+            parts.append(np.arange(self.pos, self.pos + take))
+            self.pos += take
+        j = np.concatenate(parts)
+        idx = self.order[j]
+        x = torch.from_numpy(self.images[idx]).to(self.device, non_blocking=True)  # (B,H,W,3) uint8
+        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B,3,H,W) in [-1, 1]
+        if self.flip:
+            x = torch.where(self.flips[j].to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+        return x, self.labels[idx].to(self.device, non_blocking=True)
+
+    def state_dict(self):
+        return {"epoch": self.epoch, "pos": self.pos}
+
+    def load_state_dict(self, state):
+        self.epoch, self.pos = state["epoch"], min(state["pos"], self.shard)
+        self._new_epoch()
+
+
+# --- pictures out -------------------------------------------------------------------------------
+
+def make_grid(x, nrow=None, pad=2):
+    """(N, 3, H, W) tensor in [-1, 1] -> PIL image, `nrow` images per row (default: square)."""
+    x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    n, _, h, w = x.shape
+    nrow = nrow or math.ceil(math.sqrt(n))
+    rows = math.ceil(n / nrow)
+    grid = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
+    for i in range(n):
+        r, c = divmod(i, nrow)
+        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
+    return Image.fromarray(grid.permute(1, 2, 0).numpy())
+
+
+def save_grid(x, path, nrow=None):
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    make_grid(x, nrow).save(path)
+    return path
+
+
+def save_gif(frames, path, ms=80):
+    """List of PIL images -> looping animated GIF."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms, loop=0)
+    return path
+
+
+def save_progress_gif(samples_dir, path, max_frames=100):
+    """progress.gif from the step_*.png grids in samples_dir (evenly thinned to max_frames)."""
+    names = sorted(n for n in os.listdir(samples_dir) if n.startswith("step_") and n.endswith(".png"))
+    if len(names) > max_frames:
+        names = [names[round(i * (len(names) - 1) / (max_frames - 1))] for i in range(max_frames)]
+    return save_gif([Image.open(os.path.join(samples_dir, n)).convert("RGB") for n in names], path, ms=200)
+
+
+def plot_losses(log_path, png_path, keys=None, size=(720, 360)):
+    """Draw the `loss_*` series (or `keys`) of a log.jsonl against step into a PNG."""
+    recs = [json.loads(line) for line in open(log_path) if line.strip()]
+    keys = keys or sorted({k for r in recs for k in r if k.startswith("loss")})
+    series = {k: [(r["step"], r[k]) for r in recs if math.isfinite(r.get(k, math.nan))] for k in keys}
+    series = {k: v for k, v in series.items() if v}
+    W, H, L, B = size[0], size[1], 56, 28
+    im = Image.new("RGB", size, "white")
+    d = ImageDraw.Draw(im)
+    if not series:
+        d.text((L, H // 2), "no losses logged yet", fill="black")
+        im.save(png_path)
+        return png_path
+    xs = [s for v in series.values() for s, _ in v]
+    ys = np.array([y for v in series.values() for _, y in v])
+    x0, x1 = min(xs), max(max(xs), min(xs) + 1)
+    y0, y1 = np.percentile(ys, 1), np.percentile(ys, 99)  # robust to a few spikes
+    y0, y1 = (y0 - 0.05 * (y1 - y0 + 1e-8), y1 + 0.05 * (y1 - y0 + 1e-8))
+    px = lambda s: L + (s - x0) / (x1 - x0) * (W - L - 10)  # noqa: E731
+    py = lambda y: 10 + (y1 - min(max(y, y0), y1)) / (y1 - y0) * (H - 10 - B)  # noqa: E731
+    d.rectangle([L, 10, W - 10, H - B], outline="black")
+    for t in range(5):
+        yv, xv = y0 + (y1 - y0) * t / 4, x0 + (x1 - x0) * t / 4
+        d.text((4, py(yv) - 6), f"{yv:.3g}", fill="black")
+        d.text((px(xv) - 10, H - B + 6), f"{int(xv)}", fill="black")
+    colors = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b"]
+    for i, (k, v) in enumerate(series.items()):
+        c = colors[i % len(colors)]
+        pts = [(px(s), py(y)) for s, y in v]
+        d.line(pts if len(pts) > 1 else pts * 2, fill=c, width=2)
+        d.text((L + 8, 14 + 14 * i), k, fill=c)
+    im.save(png_path)
+    return png_path

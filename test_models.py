@@ -1,0 +1,457 @@
+"""Tests for every model file present and for common.py. CPU only, tiny images, a few steps.
+
+    python -m pytest -q test_models.py
+"""
+import ast
+import importlib
+import io
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, HERE)
+import common  # noqa: E402
+
+ALL_MODELS = ["dcgan", "wgan", "cgan", "sngan", "sagan", "biggan", "stylegan2_ada"]
+MODELS = [m for m in ALL_MODELS if os.path.exists(os.path.join(HERE, f"{m}.py"))]
+# tiny widths per model, so a training step takes milliseconds on a CPU
+TINY = {"dcgan": ["--g-ch", "8", "--d-ch", "8"]}
+# skeleton functions that must stay identical (same name, same body) in every model file
+SKELETON = ["ema_beta", "update_ema", "load_checkpoint", "setup_device", "setup_precision", "any_rank",
+            "rng_states", "set_rng_states", "save_checkpoint", "finite", "Meter", "log_line",
+            "start_or_resume", "StopFlag"]
+SHARED = os.path.join(HERE, "..", "shared")
+ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def cache_dir(tmp_path_factory):
+    path = str(tmp_path_factory.mktemp("cache"))
+    os.environ["GAN_CACHE_DIR"] = ENV["GAN_CACHE_DIR"] = path
+    return path
+
+
+def tiny_args(model, out, *extra, steps=4):
+    mod = importlib.import_module(model)
+    argv = ["--data", "toy", "--res", "32", "--batch", "8", "--steps", str(steps), "--out", str(out),
+            "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2", "--device", "cpu", *TINY[model], *extra]
+    return mod, mod.get_args(argv)
+
+
+def run_cli(*argv, timeout=120):
+    return subprocess.run([sys.executable, *argv], cwd=HERE, env=ENV, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def save_image(path, mode, size=(40, 40), color=None):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    if mode in ("I;16", "I"):
+        arr = (np.arange(size[0] * size[1]).reshape(size[1], size[0]) % 4096 * 16).astype(np.uint16)
+        Image.fromarray(arr).save(path)
+        return
+    Image.new(mode, size, color if color is not None else 128).save(path)
+
+
+# --- every model: shapes, training, resume, sampling -------------------------------------------
+
+@pytest.fixture(scope="module", params=MODELS)
+def trained(request, tmp_path_factory):
+    """A 4-step run of each model on toy faces at 32x32; returns (module, out folder)."""
+    out = tmp_path_factory.mktemp(request.param) / "run"
+    mod, args = tiny_args(request.param, out)
+    mod.train(args)
+    return mod, out
+
+
+def test_training_writes_its_outputs(trained):
+    mod, out = trained
+    assert sorted(os.listdir(out / "samples")) == ["step_000002.png", "step_000004.png"]
+    for name in ("ckpt.pt", "log.jsonl", "loss.png", "progress.gif"):
+        assert (out / name).stat().st_size > 0, name
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["step"] for r in recs] == [2, 4]
+    assert all(math.isfinite(r["loss_D"]) and math.isfinite(r["loss_G"]) for r in recs)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["model"] == mod.MODEL and ckpt["step"] == 4
+    assert {"G", "D", "G_ema", "opt_G", "opt_D", "rng", "args", "loader"} <= set(ckpt)
+    assert Image.open(out / "progress.gif").n_frames == 2
+
+
+def test_generate_shape_range_and_seed(trained):
+    mod, out = trained
+    G = mod.load_generator(str(out / "ckpt.pt"), "cpu")
+    assert not G.training and not any(p.requires_grad for p in G.parameters())
+    x = mod.generate(G, 5, seed=1)
+    assert x.shape == (5, 3, 32, 32) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1
+    assert torch.equal(x, mod.generate(G, 5, seed=1))
+    assert not torch.equal(x, mod.generate(G, 5, seed=2))
+
+
+def test_truncation_keeps_z_within_bounds():
+    for m in MODELS:
+        mod = importlib.import_module(m)
+        if hasattr(mod, "sample_z"):
+            z = mod.sample_z(2000, 16, torch.Generator().manual_seed(0), truncation=0.5)
+            assert z.abs().max() <= 0.5 and z.std() > 0.2
+
+
+def test_resume_continues_the_same_run(tmp_path):
+    for m in MODELS:
+        mod, args = tiny_args(m, tmp_path / m / "straight", steps=4)
+        mod.train(args)
+        mod, args = tiny_args(m, tmp_path / m / "resumed", steps=2)
+        mod.train(args)
+        mod, args = tiny_args(m, tmp_path / m / "resumed", "--resume", steps=4)
+        mod.train(args)
+        a = torch.load(tmp_path / m / "straight" / "ckpt.pt", weights_only=True)
+        b = torch.load(tmp_path / m / "resumed" / "ckpt.pt", weights_only=True)
+        assert b["step"] == 4
+        for net in ("G", "D", "G_ema"):
+            for k in a[net]:
+                assert torch.equal(a[net][k], b[net][k]), f"{m} {net}.{k} differs after resume"
+
+
+def test_refuses_to_overwrite_a_run(trained):
+    mod, out = trained
+    before = (out / "ckpt.pt").stat().st_mtime_ns
+    _, args = tiny_args(mod.MODEL, out)
+    with pytest.raises(common.UserError, match="--resume"):
+        mod.train(args)
+    assert (out / "ckpt.pt").stat().st_mtime_ns == before
+
+
+def test_sampling_cli(trained):
+    mod, out = trained
+    r = run_cli(f"{mod.MODEL}.py", "--sample", str(out / "ckpt.pt"), "--n", "6", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    path = r.stdout.strip().splitlines()[-1]
+    im = Image.open(path)
+    assert im.size == (3 * 34 + 2, 2 * 34 + 2)  # 6 images of 32 px in a 3x2 grid, 2 px padding
+    r = run_cli(f"{mod.MODEL}.py", "--sample", str(out / "ckpt.pt"), "--n", "4", "--interp", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert Image.open(r.stdout.strip().splitlines()[-1]).n_frames > 10
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_bad_inputs_give_one_line_errors(model, tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "notckpt.pt").write_bytes(b"not a checkpoint")
+    cases = [(["--data", str(empty)], "no images"), (["--data", str(tmp_path / "missing")], "not found"),
+             (["--res", "48"], "resolution"), (["--sample", str(tmp_path / "notckpt.pt")], "not a readable")]
+    for argv, msg in cases:
+        r = run_cli(f"{model}.py", *argv, "--out", str(tmp_path / "o"), "--device", "cpu")
+        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().count("\n") == 0 and msg in r.stderr and r.stderr.startswith(f"{model}: error:")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(model, tmp_path):
+    mod, args = tiny_args(model, tmp_path, steps=2)
+    mod.train(args)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    for state in ckpt["opt_D"]["state"].values():  # poison D's optimizer: its next update gives NaN weights
+        for k, v in state.items():
+            if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
+                v.fill_(float("nan"))
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    before = (tmp_path / "ckpt.pt").read_bytes()
+    mod, args = tiny_args(model, tmp_path, "--resume", steps=6)
+    with pytest.raises(common.UserError, match="NaN/inf by step 4; stopped without saving"):
+        mod.train(args)
+    assert (tmp_path / "ckpt.pt").read_bytes() == before  # the step-2 checkpoint is kept as it was
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_ctrl_c_saves_a_checkpoint(model, tmp_path):
+    argv = [f"{model}.py", "--data", "toy", "--res", "32", "--batch", "8", "--steps", "100000", "--out",
+            str(tmp_path), "--device", "cpu", "--log-every", "1", "--sample-every", "100000",
+            "--ckpt-every", "100000", *TINY[model]]
+    p = subprocess.Popen([sys.executable, *argv], cwd=HERE, env=ENV, stdout=subprocess.PIPE, text=True)
+    for line in p.stdout:  # wait until training is under way
+        if line.startswith("step 3/"):
+            break
+    p.send_signal(signal.SIGINT)
+    out, _ = p.communicate(timeout=60)
+    assert p.returncode == 130 and "--resume" in out
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] >= 3
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_torchrun_two_processes_on_cpu(model, tmp_path):
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"{model}.py",
+                        "--data", "toy", "--res", "32", "--batch", "8", "--steps", "3", "--out", str(tmp_path),
+                        "--device", "cpu", "--log-every", "1", *TINY[model]],
+                       cwd=HERE, env=ENV, capture_output=True, text=True, timeout=180)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert r.stdout.count("step 3/3") == 1  # only rank 0 prints
+    assert "on 2 process(es)" in r.stdout
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 3
+
+
+def test_skeleton_is_identical_across_model_files():
+    sources = {}
+    for m in MODELS:
+        path = os.path.join(HERE, f"{m}.py")
+        text = open(path).read()
+        tree = ast.parse(text)
+        defs = {n.name: ast.get_source_segment(text, n) for n in tree.body
+                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        missing = [name for name in SKELETON if name not in defs]
+        assert not missing, f"{m}.py lacks skeleton pieces {missing}"
+        sources[m] = defs
+    for name in SKELETON:
+        bodies = {m: sources[m][name] for m in MODELS}
+        assert len(set(bodies.values())) == 1, f"{name} differs between model files"
+
+
+def test_every_model_has_the_shared_flags():
+    shared = ["--data", "--res", "--out", "--steps", "--batch", "--lr-g", "--lr-d", "--ema-kimg", "--seed",
+              "--device", "--precision", "--compile", "--resume", "--log-every", "--sample-every",
+              "--ckpt-every", "--sample", "--n", "--truncation", "--no-flip"]
+    for m in MODELS:
+        args = importlib.import_module(m).get_args(["--no-flip"])
+        assert args.data == "toy" and args.flip is False
+        text = open(os.path.join(HERE, f"{m}.py")).read()
+        assert all(f'"{flag}"' in text or flag == "--no-flip" for flag in shared), m
+
+
+# --- skeleton invariants ------------------------------------------------------------------------
+
+def test_ema_beta_has_the_requested_half_life():
+    mod = importlib.import_module(MODELS[0])
+    beta = mod.ema_beta(64, 10.0)
+    assert beta ** (10_000 / 64) == pytest.approx(0.5, rel=1e-9)
+    assert mod.ema_beta(64, 0) == 0.0
+
+
+def test_update_ema_averages_parameters_and_copies_buffers():
+    mod = importlib.import_module(MODELS[0])
+    G = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    G_ema = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.BatchNorm1d(3))
+    G[1].running_mean.fill_(5.0)
+    G[1].num_batches_tracked.fill_(7)
+    w0, w1 = G_ema[0].weight.clone(), G[0].weight.clone()
+    mod.update_ema(G_ema, G, 0.9)
+    assert torch.allclose(G_ema[0].weight, 0.9 * w0 + 0.1 * w1)
+    assert torch.equal(G_ema[1].running_mean, G[1].running_mean) and G_ema[1].num_batches_tracked == 7
+
+
+def test_log_line_grammar():
+    mod = importlib.import_module(MODELS[0])
+    line = mod.log_line({"step": 1200, "steps": 50000, "kimg": 76.8, "loss_D": 1.2134, "loss_G": 0.871,
+                         "img_s": 512.3, "mem_gb": 1.93, "eta_s": 9660})
+    assert line == "step 1200/50000 | kimg 76.8 | loss_D 1.213 | loss_G 0.871 | 512 img/s | 1.93 GB | eta 2h41m"
+
+
+# --- DCGAN as the paper describes it ------------------------------------------------------------
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_dcgan_architecture_follows_the_paper():
+    import dcgan
+    for res in (32, 64, 128):
+        G, D = dcgan.Generator(res, 100, 8), dcgan.Discriminator(res, 8)
+        assert G(torch.randn(2, 100)).shape == (2, 3, res, res)
+        assert D(torch.randn(2, 3, res, res)).shape == (2,)
+    G, D = dcgan.Generator(64), dcgan.Discriminator(64)
+    assert isinstance(G.net[-1], torch.nn.Tanh)
+    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in D.modules())
+    assert isinstance(D.net[1], torch.nn.LeakyReLU) and D.net[1].negative_slope == 0.2  # no BN on layer 1
+    bns = [m for m in list(G.modules()) + list(D.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
+    assert bns and all(m.eps == 1e-5 for m in bns)  # BatchNorm eps left at its default
+    G.apply(dcgan.init_weights)
+    w = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
+    assert [m.out_channels for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == [512, 256, 128, 64, 3]
+
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_dcgan_losses_on_known_logits():
+    import dcgan
+    zero = torch.zeros(4)
+    assert dcgan.loss_d(zero, zero).item() == pytest.approx(2 * math.log(2))
+    assert dcgan.loss_g(zero).item() == pytest.approx(math.log(2))
+    big = torch.full((4,), 30.0)
+    assert dcgan.loss_d(big, -big).item() < 1e-6 and dcgan.loss_g(-big).item() == pytest.approx(30, rel=1e-6)
+
+
+# --- common.py: reading images ------------------------------------------------------------------
+
+def test_folder_of_odd_images_is_converted_cropped_and_counted(tmp_path, capsys):
+    d = tmp_path / "odd"
+    for i, mode in enumerate(["L", "RGBA", "P", "I;16", "CMYK", "LA", "1", "RGB"]):
+        save_image(str(d / f"img{i}.png" if mode != "CMYK" else d / f"img{i}.jpg"), mode)
+    save_image(str(d / "sub" / "deep.JPEG"), "RGB", color=(10, 20, 30))  # recursive, any-case extension
+    (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
+    (d / "notes.png").write_text("not an image")
+    (d / "readme.txt").write_text("ignored: not an image extension")
+    data = common.load_images(str(d), 16)
+    assert data.images.shape == (9, 16, 16, 3) and data.images.dtype == np.uint8
+    assert data.classes == [""] and set(data.labels.tolist()) == {0}  # top-level images: one class
+    assert "skipped 2 unreadable or corrupt file(s) of 11" in capsys.readouterr().out
+
+
+def test_transparent_pixels_become_white(tmp_path):
+    save_image(str(tmp_path / "t" / "a.png"), "RGBA", color=(255, 0, 0, 0))
+    assert (common.load_images(str(tmp_path / "t"), 8).images == 255).all()
+
+
+def test_non_square_images_are_center_cropped(tmp_path):
+    im = Image.new("RGB", (90, 30), (255, 0, 0))
+    im.paste((0, 255, 0), (30, 0, 60, 30))  # green center square, red sides
+    os.makedirs(tmp_path / "wide")
+    im.save(tmp_path / "wide" / "a.png")
+    x = common.load_images(str(tmp_path / "wide"), 16).images[0]
+    assert (x[..., 1] == 255).all() and (x[..., 0] == 0).all()
+
+
+def test_subfolders_are_classes_and_zip_input_matches(tmp_path):
+    colors = {"blue": (0, 0, 255), "red": (255, 0, 0), "green": (0, 255, 0)}
+    for name, c in colors.items():
+        for i in range(3):
+            save_image(str(tmp_path / "faces" / name / f"{i}.png"), "RGB", color=c)
+    data = common.load_images(str(tmp_path / "faces"), 8)
+    assert data.classes == ["blue", "green", "red"]  # sorted, ImageFolder convention
+    for x, y in zip(data.images, data.labels):
+        assert tuple(x[0, 0]) == colors[data.classes[y]]
+    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as zf:  # with a wrapper folder, as zips often have
+        for name in colors:
+            for i in range(3):
+                zf.write(tmp_path / "faces" / name / f"{i}.png", f"faces/{name}/{i}.png")
+    z = common.load_images(str(tmp_path / "faces.zip"), 8)
+    assert z.classes == data.classes and np.array_equal(z.labels, data.labels)
+    assert np.array_equal(np.asarray(z.images), np.asarray(data.images))
+
+
+def test_no_usable_image_is_an_error(tmp_path):
+    (tmp_path / "e").mkdir()
+    with pytest.raises(common.UserError, match="no images"):
+        common.load_images(str(tmp_path / "e"), 16)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "x.jpg").write_bytes(b"garbage")
+    with pytest.raises(common.UserError, match="could be read"):
+        common.load_images(str(tmp_path / "c"), 16)
+    (tmp_path / "bad.zip").write_bytes(b"garbage")
+    with pytest.raises(common.UserError, match="not a valid zip"):
+        common.load_images(str(tmp_path / "bad.zip"), 16)
+
+
+def test_cache_is_reused_and_invalidated_by_changes(tmp_path, capsys):
+    for i in range(4):
+        save_image(str(tmp_path / "c" / f"{i}.png"), "RGB", color=(i * 60, 0, 0))
+    common.load_images(str(tmp_path / "c"), 8)
+    assert "decoding 4 images" in capsys.readouterr().out
+    data = common.load_images(str(tmp_path / "c"), 8)
+    assert "decoding" not in capsys.readouterr().out and isinstance(data.images, np.memmap)
+    save_image(str(tmp_path / "c" / "4.png"), "RGB")
+    assert len(common.load_images(str(tmp_path / "c"), 8).labels) == 5
+    assert "decoding 5 images" in capsys.readouterr().out
+
+
+def test_toy_set_is_deterministic_with_hair_colour_classes():
+    a, la, classes = common.make_toy(32, n=24, seed=3)
+    b, lb, _ = common.make_toy(32, n=24, seed=3)
+    assert a.shape == (24, 32, 32, 3) and np.array_equal(a, b) and np.array_equal(la, lb)
+    assert len(classes) >= 4 and set(la.tolist()) == set(range(len(classes)))
+    assert not np.array_equal(a, common.make_toy(32, n=24, seed=4)[0])
+    assert a.std() > 30  # drawn faces, not a flat colour
+
+
+@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "anime_hair")),
+                    reason="../shared/data/anime_hair is absent (only on the project's machines)")
+def test_real_labelled_folder_gives_twelve_hair_classes():
+    data = common.load_images(os.path.join(SHARED, "data", "anime_hair"), 16, verbose=False)
+    assert len(data.classes) == 12 and data.classes == sorted(data.classes) and "blonde" in data.classes
+    assert len(data.labels) > 11000 and np.bincount(data.labels).min() >= 200
+
+
+# --- common.py: batches -------------------------------------------------------------------------
+
+def fake_set(n=10, res=4):
+    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(res, 1).repeat(res, 2).repeat(3, 3) * 20
+    images[:, :, 0] = 255  # a marker column to see flips
+    return common.ImageSet(images, np.arange(n) % 3, ["a", "b", "c"])
+
+
+def test_batches_range_determinism_and_epochs():
+    data = fake_set()
+    x, y = next(common.Batches(data, 4, "cpu", seed=0))
+    assert x.shape == (4, 3, 4, 4) and x.dtype == torch.float32 and y.dtype == torch.int64
+    assert x.min() >= -1 and x.max() <= 1 and (x == 1).any()
+    ids = lambda b: [int(round((v.item() + 1) * 127.5 / 20)) for v in b[0][:, 0, 1, 1]]  # noqa: E731
+    a, b, c = common.Batches(data, 5, "cpu", seed=0), common.Batches(data, 5, "cpu", seed=0), common.Batches(
+        data, 5, "cpu", seed=1)
+    first = [ids(next(a)) for _ in range(4)]
+    assert first == [ids(next(b)) for _ in range(4)]
+    assert first != [ids(next(c)) for _ in range(4)]
+    assert sorted(first[0] + first[1]) == list(range(10))  # an epoch visits every image once
+
+
+def test_batches_flip_and_no_flip():
+    data = fake_set()
+    flipped = [next(common.Batches(data, 10, "cpu", seed=s))[0][:, 0, 0, -1].eq(1).sum() for s in range(4)]
+    assert 0 < sum(flipped) < 40  # marker column moved to the right edge in some images, not all
+    x, _ = next(common.Batches(data, 10, "cpu", seed=0, flip=False))
+    assert (x[:, :, :, 0] == 1).all()
+
+
+def test_batches_ddp_shards_are_disjoint_and_resume_exactly():
+    data = fake_set(12)
+    r0, r1 = common.Batches(data, 3, "cpu", seed=0, rank=0, world=2), common.Batches(data, 3, "cpu", seed=0,
+                                                                                    rank=1, world=2)
+    ids = lambda b: {int(round((v.item() + 1) * 127.5 / 20)) for v in b[0][:, 0, 1, 1]}  # noqa: E731
+    s0, s1 = ids(next(r0)) | ids(next(r0)), ids(next(r1)) | ids(next(r1))
+    assert not s0 & s1 and len(s0 | s1) == 12
+    a = common.Batches(data, 5, "cpu", seed=0)
+    for _ in range(3):
+        next(a)
+    b = common.Batches(data, 5, "cpu", seed=0)
+    b.load_state_dict(a.state_dict())
+    for _ in range(3):
+        xa, ya = next(a)
+        xb, yb = next(b)
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+
+
+def test_loader_speed_smoke():
+    """Smoke test: the 64x64 loader keeps up with a GPU (measured properly by bench.py)."""
+    data = common.ImageSet(np.random.randint(0, 255, (2048, 64, 64, 3), dtype=np.uint8), np.zeros(2048, int), [""])
+    it = common.Batches(data, 64, "cpu")
+    next(it)
+    t = time.perf_counter()
+    for _ in range(50):
+        next(it)
+    assert 50 * 64 / (time.perf_counter() - t) > 2000
+
+
+# --- common.py: pictures out --------------------------------------------------------------------
+
+def test_grid_gif_and_loss_plot(tmp_path):
+    x = torch.linspace(-1, 1, 5 * 3 * 8 * 8).view(5, 3, 8, 8)
+    im = common.make_grid(x, nrow=3)
+    assert im.size == (3 * 10 + 2, 2 * 10 + 2)
+    a = np.asarray(im)
+    assert a[2, 2, 0] == 0 and a[0, 0].tolist() == [255, 255, 255]  # -1 -> 0 in the first image; white padding
+    assert a[12 + 7, 12 + 7, 2] == 255  # +1 -> 255: the last image (row 1, column 1), last pixel
+    common.save_gif([im, im.transpose(Image.FLIP_LEFT_RIGHT)], str(tmp_path / "a.gif"))
+    assert Image.open(tmp_path / "a.gif").n_frames == 2
+    with open(tmp_path / "log.jsonl", "w") as f:
+        for s in range(1, 30):
+            f.write(json.dumps({"step": s, "loss_D": 1 / s, "loss_G": math.sin(s), "img_s": 9.0}) + "\n")
+    common.plot_losses(str(tmp_path / "log.jsonl"), str(tmp_path / "loss.png"))
+    arr = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB"))
+    assert arr.shape == (360, 720, 3)
+    assert (np.abs(arr.astype(int) - [31, 119, 180]).sum(-1) < 10).sum() > 100  # the loss_D curve is drawn
+    assert (np.abs(arr.astype(int) - [214, 39, 40]).sum(-1) < 10).sum() > 100  # and loss_G
