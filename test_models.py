@@ -26,7 +26,10 @@ import common  # noqa: E402
 ALL_MODELS = ["dcgan", "wgan", "cgan", "sngan", "sagan", "biggan", "stylegan2_ada"]
 MODELS = [m for m in ALL_MODELS if os.path.exists(os.path.join(HERE, f"{m}.py"))]
 # tiny widths per model, so a training step takes milliseconds on a CPU
-TINY = {"dcgan": ["--g-ch", "8", "--d-ch", "8"]}
+TINY = {"dcgan": ["--g-ch", "8", "--d-ch", "8"], "wgan": ["--g-ch", "8", "--d-ch", "8"],
+        "cgan": ["--g-ch", "8", "--d-ch", "8"], "sngan": ["--g-ch", "8", "--d-ch", "8"],
+        "sagan": ["--g-ch", "8", "--d-ch", "8"], "biggan": ["--g-ch", "4", "--d-ch", "4"],
+        "stylegan2_ada": ["--cbase", "256", "--cmax", "16", "--w-dim", "32", "--map-layers", "2"]}
 # skeleton functions that must stay identical (same name, same body) in every model file
 SKELETON = ["ema_beta", "update_ema", "load_checkpoint", "setup_device", "setup_precision", "any_rank",
             "rng_states", "set_rng_states", "save_checkpoint", "finite", "Meter", "log_line",
