@@ -231,7 +231,7 @@ class Batches:
         perm = rng.permutation(len(self.labels))
         flips = rng.random(len(self.labels)) < 0.5
         self.order = perm[self.rank::self.world][:self.shard]
-        self.flips = torch.from_numpy(flips[self.rank::self.world][:self.shard])
+        self.flips = flips[self.rank::self.world][:self.shard]
 
     def __iter__(self):
         return self
@@ -247,10 +247,12 @@ class Batches:
             self.pos += take
         j = np.concatenate(parts)
         idx = self.order[j]
-        x = torch.from_numpy(self.images[idx]).to(self.device, non_blocking=True)  # (B,H,W,3) uint8
-        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B,3,H,W) in [-1, 1]
+        x = self.images[idx]  # (B, H, W, 3) uint8, a copy
         if self.flip:
-            x = torch.where(self.flips[j].to(self.device).view(-1, 1, 1, 1), x.flip(3), x)
+            f = self.flips[j]
+            x[f] = x[f, :, ::-1]  # on the uint8 copy: 4x less memory traffic than on floats
+        x = torch.from_numpy(x).to(self.device, non_blocking=True)
+        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1], on the device
         return x, self.labels[idx].to(self.device, non_blocking=True)
 
     def state_dict(self):
