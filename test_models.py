@@ -290,6 +290,125 @@ def test_dcgan_losses_on_known_logits():
     assert dcgan.loss_d(big, -big).item() < 1e-6 and dcgan.loss_g(-big).item() == pytest.approx(30, rel=1e-6)
 
 
+# --- SAGAN as the paper and the anime seed describe it ------------------------------------------
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_attention_block_is_the_identity_while_gamma_is_zero():
+    import sagan
+    torch.manual_seed(0)
+    block = sagan.SelfAttention(16)
+    assert block.gamma.item() == 0.0 and block.gamma.requires_grad  # starts at 0, learned (sec. 3)
+    x = torch.randn(2, 16, 8, 8)
+    assert torch.equal(block(x), x)
+    with torch.no_grad():
+        block.gamma.fill_(0.5)
+    y = block(x)
+    assert not torch.allclose(y, x)
+    block.zero_grad()
+    y.square().sum().backward()
+    assert block.gamma.grad.abs() > 0 and block.query.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_attention_rows_sum_to_one_and_match_the_fast_path():
+    import sagan
+    torch.manual_seed(0)
+    block = sagan.SelfAttention(16).eval()
+    with torch.no_grad():
+        block.gamma.fill_(1.0)
+    x = torch.randn(3, 16, 8, 4)
+    beta = block.attention_map(x)
+    assert beta.shape == (3, 32, 32) and (beta >= 0).all()
+    assert torch.allclose(beta.sum(-1), torch.ones(3, 32), atol=1e-6)  # softmax over positions, per row
+    assert beta.std() > 1e-3  # not uniform: the rows depend on the features
+    # forward uses scaled_dot_product_attention(scale=1); it must equal eq. 1-3 written out
+    _, _, v = block.qkv(x)
+    o = (beta @ v[:, 0]).transpose(1, 2).reshape(3, -1, 8, 4)
+    assert torch.allclose(block(x), x + block.out(o), atol=1e-5)
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+@pytest.mark.parametrize("upsample", ["convtranspose", "nearest"])
+def test_sagan_shapes_and_attention_placement_at_32_and_64(upsample):
+    import sagan
+
+    def attention_inputs(model, x):
+        sizes = []
+        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[1:])))
+                 for m in model.modules() if isinstance(m, sagan.SelfAttention)]
+        out = model(x)
+        for h in hooks:
+            h.remove()
+        return out, sizes
+
+    for res, ch, attn in ((64, 64, 32), (32, 8, 16), (64, 8, 16)):
+        kw = {} if attn == res // 2 else {"attn_res": attn}  # the default is res / 2: 32x32 at 64x64
+        G = sagan.Generator(res, 128, ch, upsample=upsample, **kw)
+        D = sagan.Discriminator(res, ch, **kw)
+        x, g_sizes = attention_inputs(G, torch.randn(2, 128))
+        logits, d_sizes = attention_inputs(D, x)
+        assert x.shape == (2, 3, res, res) and logits.shape == (2,)
+        assert len(g_sizes) == len(d_sizes) == 1
+        assert g_sizes[0][1:] == d_sizes[0][1:] == (attn, attn)
+    convs = [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    convs += [m for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
+    assert all(isinstance(m, (sagan.SNConv2d, sagan.SNConvTranspose2d)) for m in convs)  # SN on every layer
+    assert not any(isinstance(m, torch.nn.Linear) for m in list(G.modules()) + list(D.modules()))
+    with pytest.raises(sagan.UserError, match="attn-res"):
+        sagan.check_res(64, 64)
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_spectral_norm_gives_sigma_near_one():
+    import sagan
+    torch.manual_seed(0)
+    for conv in (sagan.SNConv2d(16, 32, 3), sagan.SNConvTranspose2d(32, 16, 4, 2, 1)):
+        for _ in range(50):  # one power iteration per training forward
+            conv(torch.randn(1, conv.in_channels, 4, 4))
+        W = conv.weight if isinstance(conv, sagan.SNConv2d) else conv.weight.transpose(0, 1)
+        W = W.detach().flatten(1)
+        sigma = torch.linalg.matrix_norm(W, 2)
+        assert torch.dot(conv.sn.u, W @ conv.sn.v).item() == pytest.approx(sigma.item(), rel=1e-2)
+        assert torch.linalg.matrix_norm(conv.sn(W), 2).item() == pytest.approx(1.0, rel=1e-2)
+        u = conv.sn.u.clone()
+        conv.eval()(torch.randn(1, conv.in_channels, 4, 4))
+        assert torch.equal(conv.sn.u, u)  # eval forwards (G_ema, sampling) leave u alone
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_hinge_losses_on_known_logits():
+    import sagan
+    zero = torch.zeros(4)
+    assert sagan.hinge_loss_d(zero, zero).item() == pytest.approx(2.0)
+    assert sagan.hinge_loss_d(torch.full((4,), 3.0), torch.full((4,), -3.0)).item() == 0.0  # beyond the margin
+    assert sagan.hinge_loss_g(torch.tensor([1.0, 3.0])).item() == pytest.approx(-2.0)
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_z_is_a_truncated_normal_with_std_half():
+    import sagan
+    z = sagan.sample_z(20000, 8, torch.Generator().manual_seed(0))
+    assert z.abs().max() <= 1.0 and z.abs().max() > 0.99
+    # N(0, 0.5^2) cut at +-2 std has std 0.5 * 0.880 = 0.440
+    assert z.std().item() == pytest.approx(0.440, abs=0.005)
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_ttur_and_logged_gammas(tmp_path):
+    import sagan
+    args = sagan.get_args([])
+    assert (args.lr_g, args.lr_d, args.upsample, args.attn_res) == (1e-4, 4e-4, "convtranspose", None)
+    mod, args = tiny_args("sagan", tmp_path, steps=4)
+    mod.train(args)
+    recs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert all(math.isfinite(r["gamma_G"]) and math.isfinite(r["gamma_D"]) for r in recs)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["opt_G"]["param_groups"][0]["betas"] == (0.0, 0.9)
+    gammas = {k: v for k, v in ckpt["G"].items() if k.endswith("gamma")}
+    gammas.update({k: v for k, v in ckpt["D"].items() if k.endswith("gamma")})
+    assert len(gammas) == 2 and all(v.item() != 0.0 for v in gammas.values())  # gamma moves from its 0 start
+
+
 # --- common.py: reading images ------------------------------------------------------------------
 
 def test_folder_of_odd_images_is_converted_cropped_and_counted(tmp_path, capsys):
