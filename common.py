@@ -90,7 +90,7 @@ def _decode(raw, res):
     return np.asarray(im.crop(box).resize((res, res), Image.LANCZOS), dtype=np.uint8)
 
 
-def _cache_dir():
+def cache_dir():
     default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "anime-gans")
     return os.environ.get("GAN_CACHE_DIR", default)
 
@@ -107,9 +107,9 @@ def load_images(data, res, verbose=True):
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found in {data!r}")
         key_src = [data, res, CACHE_VERSION, files]
     key = hashlib.sha1(json.dumps(key_src).encode()).hexdigest()[:16]
-    base = os.path.join(_cache_dir(), f"{os.path.basename(str(data)).removesuffix('.zip')}_{res}px_{key}")
+    base = os.path.join(cache_dir(), f"{os.path.basename(str(data)).removesuffix('.zip')}_{res}px_{key}")
     if not os.path.exists(base + ".json"):
-        os.makedirs(_cache_dir(), exist_ok=True)
+        os.makedirs(cache_dir(), exist_ok=True)
         _build_cache(data, res, files, base, say)
     meta = json.load(open(base + ".json"))
     n = len(meta["labels"])

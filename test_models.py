@@ -8,6 +8,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -21,7 +22,9 @@ from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
+import bench  # noqa: E402
 import common  # noqa: E402
+import fid  # noqa: E402
 
 ALL_MODELS = ["dcgan", "wgan", "cgan", "sngan", "sagan", "biggan", "stylegan2_ada"]
 MODELS = [m for m in ALL_MODELS if os.path.exists(os.path.join(HERE, f"{m}.py"))]
@@ -407,6 +410,178 @@ def test_sagan_ttur_and_logged_gammas(tmp_path):
     gammas = {k: v for k, v in ckpt["G"].items() if k.endswith("gamma")}
     gammas.update({k: v for k, v in ckpt["D"].items() if k.endswith("gamma")})
     assert len(gammas) == 2 and all(v.item() != 0.0 for v in gammas.values())  # gamma moves from its 0 start
+
+
+# --- fid.py -------------------------------------------------------------------------------------
+
+INCEPTION = os.path.join(SHARED, "fid", "pt_inception-2015-12-05.pth")
+needs_inception = pytest.mark.skipif(not os.path.isfile(INCEPTION),
+                                     reason="../shared/fid is absent (only on the project's machines)")
+
+
+def test_fid_of_a_set_with_itself_is_zero():
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(300, 2048)) * rng.uniform(0, 3, 2048) + rng.normal(size=2048)  # rank 299 < 2048
+    assert abs(fid.fid_from_features(f, f)) < 1e-6
+    assert fid.fid_from_features(f, f + 0.1) == pytest.approx(2048 * 0.01, rel=1e-6)  # a shift: |dmu|^2 only
+    g = f[:100, :256]  # the covariance path (eigh + singular values), also rank-deficient: 99 < 256
+    assert abs(fid.frechet_distance(*fid.statistics(g), *fid.statistics(g))) < 1e-6
+
+
+def test_fid_small_sample_path_equals_the_covariance_path():
+    rng = np.random.default_rng(2)
+    f, g = rng.normal(size=(100, 256)) * rng.uniform(0, 3, 256), rng.normal(size=(90, 256)) + 0.2
+    assert fid.fid_from_features(f, g) == pytest.approx(
+        fid.frechet_distance(*fid.statistics(f), *fid.statistics(g)), rel=1e-8)
+
+
+def test_fid_matches_the_closed_form_between_gaussians():
+    # 2x2, non-commuting covariances: tr sqrt(AB) = sqrt(tr(AB) + 2 sqrt(det A det B))
+    A, B = np.array([[2.0, 0.5], [0.5, 1.0]]), np.array([[1.0, -0.3], [-0.3, 3.0]])
+    mu1, mu2 = np.array([0.0, 1.0]), np.array([1.0, -1.0])
+    closed = 5 + np.trace(A) + np.trace(B) - 2 * math.sqrt(np.trace(A @ B) + 2 * math.sqrt(
+        np.linalg.det(A) * np.linalg.det(B)))
+    assert fid.frechet_distance(mu1, A, mu2, B) == pytest.approx(closed, rel=1e-12)
+    # 64-d, shared eigenvectors: FID = |dmu|^2 + sum (sqrt a - sqrt b)^2
+    rng = np.random.default_rng(1)
+    Q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
+    a, b = rng.uniform(0.1, 4, 64), rng.uniform(0.1, 4, 64)
+    d = rng.normal(size=64)
+    closed = (d ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid.frechet_distance(d, Q * a @ Q.T, np.zeros(64), Q * b @ Q.T) == pytest.approx(closed, rel=1e-9)
+    # from samples: statistics() estimates mean and (n-1) covariance, so FID converges to the closed form
+    x = rng.normal(size=(200_000, 2)) @ np.linalg.cholesky(A).T + mu1
+    y = rng.normal(size=(200_000, 2)) @ np.linalg.cholesky(B).T + mu2
+    closed = 5 + np.trace(A) + np.trace(B) - 2 * math.sqrt(np.trace(A @ B) + 2 * math.sqrt(
+        np.linalg.det(A) * np.linalg.det(B)))
+    assert fid.fid_from_features(x, y) == pytest.approx(closed, abs=0.05)
+    assert fid.statistics(np.array([[0.0], [2.0]]))[1][0, 0] == 2.0  # unbiased: divides by n - 1
+
+
+def test_kid_is_unbiased_mmd_with_the_cubic_kernel():
+    # by hand, d = 1, k(x, y) = (xy + 1)^3: X = {0, 1}, Y = {0, 2}
+    # off-diagonal k_xx: k(0,1) = 1 -> 1; k_yy: k(0,2) = 1 -> 1; k_xy: (1 + 1 + 1 + 27) / 4 = 7.5
+    kid, std, m = fid.kernel_inception_distance(np.array([[0.0], [1.0]]), np.array([[0.0], [2.0]]))
+    assert (kid, std, m) == (pytest.approx(1 + 1 - 2 * 7.5), 0.0, 2)
+    rng = np.random.default_rng(0)
+    f = rng.normal(size=(2000, 64))
+    same, _, m = fid.kernel_inception_distance(f, f[rng.permutation(2000)], subsets=20, subset_size=200)
+    other, other_std, _ = fid.kernel_inception_distance(f, rng.normal(size=(2000, 64)), subsets=20,
+                                                        subset_size=200)
+    shifted, _, _ = fid.kernel_inception_distance(f, f + 0.3, subsets=20, subset_size=200)
+    assert m == 200 and shifted > 0.1
+    assert abs(same) < 0.05 * shifted and abs(other) < 0.05 * shifted  # near 0: shuffled copy, fresh draw
+    assert abs(other) < 4 * other_std / math.sqrt(20)  # unbiased: no offset beyond the sampling noise
+
+
+def test_inception_features_have_shape_n_by_2048():
+    torch.manual_seed(0)
+    net = fid.FIDInceptionV3().eval()  # random weights: the shape and batching do not depend on them
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    f = fid.features_of_images(net, images, "cpu", batch=2)
+    assert f.shape == (3, 2048) and f.dtype == np.float32 and np.isfinite(f).all()
+    with torch.no_grad():
+        assert np.allclose(f, net(torch.from_numpy(images)).numpy(), atol=1e-5)  # batches change nothing
+    x = torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4)
+    u = fid.to_uint8(x)  # same rounding as the PNG grids: compare with make_grid's pixels
+    grid = np.asarray(common.make_grid(x, nrow=2, pad=0))
+    assert u.shape == (2, 4, 4, 3) and np.array_equal(grid[:, :4], u[0].numpy()) and np.array_equal(
+        grid[:, 4:], u[1].numpy())
+
+
+@needs_inception
+def test_both_kinds_of_inception_weight_files_load(tmp_path):
+    net, wid = fid.load_inception(INCEPTION)
+    state = torch.load(INCEPTION, weights_only=True)
+    assert "fc.weight" not in state
+    torch.save(dict(state, **{"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}),
+               tmp_path / "with_fc.pth")
+    net_fc, wid_fc = fid.load_inception(str(tmp_path / "with_fc.pth"))
+    assert wid_fc == wid
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8))
+    with torch.no_grad():
+        f = net(x)
+        assert torch.equal(f, net_fc(x)) and f.shape == (1, 2048)
+    assert f.min() >= 0 and 0.05 < f.mean() < 2  # pool3 of ReLU outputs: non-negative, of order 0.1-1
+    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "extra.weight": torch.zeros(1)}, tmp_path / "bad.pth")
+    with pytest.raises(common.UserError, match=r"missing \[.*unexpected \['extra.weight'\], "
+                                               r"wrong shape \['Conv2d_1a_3x3.conv.weight'\]"):
+        fid.load_inception(str(tmp_path / "bad.pth"))
+
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_fid_cli_on_a_checkpoint_writes_the_last_line_json_and_cache(tmp_path, capsys):
+    import dcgan
+    for i in range(5):
+        Image.new("RGB", (40, 40), (40 * i, 200 - 30 * i, 90)).save(tmp_path / f"{i}.png")
+    dcgan.train(dcgan.get_args(["--data", "toy", "--res", "32", "--batch", "8", "--steps", "2", "--out",
+                                str(tmp_path / "run"), "--device", "cpu", *TINY["dcgan"]]))
+    torch.manual_seed(0)  # random Inception weights keep this test free of ../shared; the math is the same
+    torch.save(fid.FIDInceptionV3().state_dict(), tmp_path / "w.pth")
+    argv = [str(tmp_path), str(tmp_path / "run" / "ckpt.pt"), "--n", "4", "--inception", str(tmp_path / "w.pth"),
+            "--device", "cpu", "--batch", "3", "--json", str(tmp_path / "fid.json")]
+    r = run_cli("fid.py", *argv)
+    assert r.returncode == 0, r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"fid (\S+) \| kid (\S+) \| n_real 4 \| n_fake 4", last)
+    assert m, last
+    res = json.load(open(tmp_path / "fid.json"))
+    assert f"{res['fid']:.4f}" == m.group(1) and f"{res['kid']:.6f}" == m.group(2) and res["res"] == 32
+    assert res["fid"] > 0 and res["n_real"] == 4
+    capsys.readouterr()
+    fid.measure(fid.get_args(argv))  # the same again, in this process: the real side comes from the cache
+    out = capsys.readouterr().out
+    assert "cached features of 4 images" in out and out.strip().splitlines()[-1] == last
+    with pytest.raises(common.UserError, match="neither an image folder nor a readable model checkpoint"):
+        fid.measure(fid.get_args([str(tmp_path), str(tmp_path / "w.pth"), "--n", "4", "--device", "cpu"]))
+
+
+# --- bench.py -----------------------------------------------------------------------------------
+
+def test_bench_parses_the_model_header_line():
+    line = ("dcgan | toy: 4096 images, 64x64 | G 3.58M D 2.77M params | cuda:0 bf16 | batch 64 on 1 "
+            "process(es) | out /tmp/x")
+    assert bench.parse_header("decoding...\n" + line + "\nstep 10/60 | ...") == {
+        "G": 3.58e6, "D": 2.77e6, "device": "cuda:0", "precision": "bf16"}
+    assert bench.parse_header("no header here") == {}
+
+
+def test_bench_timing_drops_the_warm_up_interval():
+    recs = [{"step": 2, "img_s": 1.0}, {"step": 4, "img_s": 100.0}, {"step": 6, "img_s": 300.0}]
+    ms, img_s, steps = bench.timing(recs, batch=10)  # timed: 2*10/100 + 2*10/300 s over 4 steps
+    assert steps == 4 and ms == pytest.approx(1000 * (0.2 + 0.2 / 3) / 4) and img_s == pytest.approx(150.0)
+    with pytest.raises(common.UserError, match="at least 2"):
+        bench.timing(recs[:1], batch=10)
+
+
+def test_bench_markdown_table():
+    rows = [{"model": "dcgan", "G": 3.576e6, "D": 2.766e6, "res": 64, "batch": 64, "precision": "bf16",
+             "ms_step": 12.345, "img_s": 5184.4, "mem_gb": 1.234},
+            {"model": "wgan", "G": 1e6, "D": 1e6, "res": 64, "batch": 64, "precision": "fp32", "ms_step": 100.0,
+             "img_s": 640.0, "mem_gb": None},
+            {"model": "cgan", "res": 64, "batch": 64, "error": "exit 1: cgan: error: a | b"}]
+    lines = bench.markdown_table(rows, 40123.4).splitlines()
+    assert lines[0] == ("| model | G params | D params | res | batch | precision | ms/step | img/s | peak mem "
+                        "| loader img/s |")
+    assert all(line.count("|") == len(bench.COLUMNS) + 1 for line in lines)
+    assert lines[2] == "| dcgan | 3.58M | 2.77M | 64 | 64 | bf16 | 12.3 | 5184 | 1.23 GB | 40123 |"
+    assert lines[3].split(" | ")[8] == "-"  # no CUDA memory on the CPU
+    assert lines[4].startswith("| cgan | failed: exit 1: cgan: error: a / b |")
+
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_bench_runs_a_model_and_reports_its_parameters(capsys):
+    assert "dcgan" in bench.model_files() and not {"fid", "bench", "common"} & set(bench.model_files())
+    rc = bench.main(["dcgan", "--res", "32", "--batch", "8", "--steps", "4", "--log-every", "2", "--device", "cpu",
+                     "--", *TINY["dcgan"]])
+    out = capsys.readouterr().out
+    assert rc == 0
+    import dcgan
+    n_g = sum(p.numel() for p in dcgan.Generator(32, 100, 8).parameters())
+    row = next(line for line in out.splitlines() if line.startswith("| dcgan |")).split(" | ")
+    assert row[1] == f"{n_g / 1e6:.2f}M" and row[3:6] == ["32", "8", "fp32"] and float(row[6]) > 0
+    with pytest.raises(common.UserError, match="no model file"):
+        bench.main(["nosuchmodel"])
 
 
 # --- common.py: reading images ------------------------------------------------------------------
