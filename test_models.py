@@ -10,6 +10,7 @@ import math
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -582,6 +583,255 @@ def test_bench_runs_a_model_and_reports_its_parameters(capsys):
     assert row[1] == f"{n_g / 1e6:.2f}M" and row[3:6] == ["32", "8", "fp32"] and float(row[6]) > 0
     with pytest.raises(common.UserError, match="no model file"):
         bench.main(["nosuchmodel"])
+
+
+# --- conditional GAN ----------------------------------------------------------------------------
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_label_changes_the_image_and_the_logit():
+    import cgan
+    torch.manual_seed(0)
+    G, D = cgan.Generator(32, 100, 8, n_classes=6).eval(), cgan.Discriminator(32, 8, n_classes=6).eval()
+    z = torch.randn(1, 100).repeat(6, 1)
+    x = G(z, torch.arange(6))  # the same z under each of the 6 labels
+    assert x.shape == (6, 3, 32, 32)
+    assert all((x[i] - x[0]).abs().max() > 1e-3 for i in range(1, 6))
+    logits = D(x[:1].repeat(6, 1, 1, 1), torch.arange(6))  # projection: the same image, 6 labels
+    assert logits.shape == (6,) and logits.std() > 0
+    assert cgan.Generator(32, 100, 8, n_classes=1).embed is None  # one class: unconditional
+    assert cgan.Discriminator(32, 8, n_classes=1).embed is None
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_noise_std_schedule_hits_its_start_and_end():
+    import cgan
+    a = cgan.get_args([])
+    assert a.noise_std == 0.75
+    assert cgan.noise_std(0.0, a.noise_std, a.noise_kimg) == 0.75
+    assert cgan.noise_std(a.noise_kimg / 2, a.noise_std, a.noise_kimg) == pytest.approx(0.375)  # linear
+    assert cgan.noise_std(a.noise_kimg, a.noise_std, a.noise_kimg) == 0.0
+    assert cgan.noise_std(10 * a.noise_kimg, a.noise_std, a.noise_kimg) == 0.0  # stays off, never negative
+    assert cgan.noise_std(5.0, 0.0, a.noise_kimg) == 0.0 and cgan.noise_std(5.0, 0.75, 0) == 0.0
+    x = torch.zeros(4000)
+    assert cgan.add_noise(x, 0.0) is x and cgan.add_noise(x, 0.5).std() == pytest.approx(0.5, rel=0.05)
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_smoothed_targets_stay_in_their_ranges():
+    import cgan
+    a = cgan.get_args([])
+    assert a.real_target == [0.95, 1.0] and a.fake_target == [0.0, 0.05]
+    torch.manual_seed(0)
+    real, fake = cgan.smoothed_targets(10000, *a.real_target), cgan.smoothed_targets(10000, *a.fake_target)
+    assert real.min() >= 0.95 and real.max() <= 1.0 and real.min() < 0.951 and real.max() > 0.999
+    assert fake.min() >= 0.0 and fake.max() <= 0.05 and fake.min() < 0.001 and fake.max() > 0.049
+    zero = torch.zeros(4)  # D's loss is BCE against those targets: at logit 0 it is 2 log 2 whatever t is
+    assert cgan.loss_d(zero, zero, real[:4], fake[:4]).item() == pytest.approx(2 * math.log(2))
+    big = torch.full((4,), 30.0)  # a confident D is now penalised: t = 0.975 costs 0.025 * 30 per side
+    assert cgan.loss_d(big, -big, torch.full((4,), 0.975), torch.full((4,), 0.025)).item() == pytest.approx(1.5, rel=1e-3)
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_grids_have_one_row_per_class(tmp_path, capsys):
+    import cgan
+    z, y = cgan.fixed_latents(6, 16, seed=0)
+    assert y.tolist() == [c for c in range(6) for _ in range(8)]
+    assert torch.equal(z[:8], z[8:16]) and not torch.equal(z[0], z[1])  # same z down a column
+    mod, args = tiny_args("cgan", tmp_path, steps=2)
+    mod.train(args)
+    out = capsys.readouterr().out
+    classes = list(common.TOY_HAIR)
+    assert out.count(", ".join(classes)) == 1  # the class names, once, in row order
+    assert Image.open(tmp_path / "samples" / "step_000002.png").size == (8 * 34 + 2, len(classes) * 34 + 2)
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_sampling_by_class_name_or_index(tmp_path):
+    import cgan
+    mod, args = tiny_args("cgan", tmp_path, steps=2)
+    mod.train(args)
+    G = cgan.load_generator(str(tmp_path / "ckpt.pt"))
+    assert G.classes == list(common.TOY_HAIR)
+    blonde = G.classes.index("blonde")
+    assert torch.equal(cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=torch.full((3,), blonde)))
+    assert not torch.equal(cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=0))
+    assert cgan.class_index(G.classes, "blonde") == cgan.class_index(G.classes, str(blonde)) == blonde
+    r = run_cli("cgan.py", "--sample", str(tmp_path / "ckpt.pt"), "--n", "4", "--class", "blonde", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip().endswith("samples_seed0_blonde.png")
+    r = run_cli("cgan.py", "--sample", str(tmp_path / "ckpt.pt"), "--class", "purple", "--device", "cpu")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("cgan: error: unknown class 'purple'") and "1 blonde" in r.stderr
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_single_class_data_trains_unconditionally(tmp_path, capsys):
+    import cgan
+    images, _, _ = common.make_toy(32, n=16)
+    os.makedirs(tmp_path / "flat")
+    for i, im in enumerate(images):
+        Image.fromarray(im).save(tmp_path / "flat" / f"{i}.png")
+    mod, args = tiny_args("cgan", tmp_path / "run", "--data", str(tmp_path / "flat"), steps=2)
+    mod.train(args)
+    out = capsys.readouterr().out
+    assert sum("unconditionally" in line for line in out.splitlines()) == 1
+    G = cgan.load_generator(str(tmp_path / "run" / "ckpt.pt"))
+    assert G.embed is None and cgan.generate(G, 2).shape == (2, 3, 32, 32)
+    assert Image.open(tmp_path / "run" / "samples" / "step_000002.png").size == (8 * 34 + 2,) * 2
+    with pytest.raises(common.UserError, match="unconditionally"):
+        cgan.class_index(G.classes, "blonde")
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_extra_g_step_resumes_bit_exactly(tmp_path):
+    """The data-dependent extra G step (threshold set where it fires in some iterations only)."""
+    extra = ("--g-extra-threshold", "0.75", "--log-every", "1")
+    mod, args = tiny_args("cgan", tmp_path / "straight", *extra, steps=4)
+    mod.train(args)
+    mod, args = tiny_args("cgan", tmp_path / "resumed", *extra, steps=2)
+    mod.train(args)
+    mod, args = tiny_args("cgan", tmp_path / "resumed", *extra, "--resume", steps=4)
+    mod.train(args)
+    fired = [json.loads(line)["g_extra"] for line in open(tmp_path / "straight" / "log.jsonl")]
+    assert 0 < sum(fired) < 4, fired  # the branch was taken, and not in every iteration
+    a = torch.load(tmp_path / "straight" / "ckpt.pt", weights_only=True)
+    b = torch.load(tmp_path / "resumed" / "ckpt.pt", weights_only=True)
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{net}.{k} differs after resume"
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_cgan_ddp_ranks_agree_on_the_extra_g_step(tmp_path):
+    """Two CPU ranks see different batches, so their own loss_G differ (at step 6 here rank 0's is
+    above the threshold, the mean is not); the decision is taken on the mean over ranks. A
+    rank-local decision desynchronises DDP's collectives and hangs. The two ranks are started
+    directly (not by torchrun, which puts each in its own session) so that both can be killed."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    argv = [sys.executable, "cgan.py", "--data", "toy", "--res", "32", "--batch", "8", "--steps", "6", "--out",
+            str(tmp_path), "--device", "cpu", "--log-every", "1", "--g-extra-threshold", "0.85", *TINY["cgan"]]
+    ranks = [subprocess.Popen(argv, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+                              env=dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
+                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
+             for r in range(2)]
+    try:
+        errs = [p.communicate(timeout=120)[1] for p in ranks]
+    except subprocess.TimeoutExpired:
+        for p in ranks:
+            p.kill()
+            p.communicate()
+        pytest.fail("DDP ranks hung: they took different branches at the extra G step")
+    assert [p.returncode for p in ranks] == [0, 0], errs[0][-2000:] + errs[1][-2000:]
+    fired = [json.loads(line)["g_extra"] for line in open(tmp_path / "log.jsonl")]
+    assert 0 < sum(fired) < 6, fired
+
+
+# --- WGAN / WGAN-GP as the papers describe them -------------------------------------------------
+
+class LinearCritic(torch.nn.Module):
+    """f(x) = <w, x> per sample: its gradient with respect to every x is w."""
+
+    def __init__(self, w):
+        super().__init__()
+        self.w = torch.nn.Parameter(w)
+
+    def forward(self, x):
+        return (x * self.w).flatten(1).sum(1)
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_penalty_of_a_linear_critic_is_the_squared_gap_of_its_norm_to_one():
+    import wgan
+    torch.manual_seed(0)
+    x_real, x_fake = torch.randn(5, 4, 4, 4), torch.randn(5, 4, 4, 4)
+    signs = torch.randint(0, 2, (4, 4, 4)).float() * 2 - 1
+    unit = LinearCritic(signs / 8)  # 64 entries of +-1/8: norm exactly 1
+    assert wgan.gradient_penalty(unit, x_real, x_fake).item() == 0.0
+    w = torch.randn(4, 4, 4)
+    D = LinearCritic(w.clone())
+    gp = wgan.gradient_penalty(D, x_real, x_fake)
+    assert gp.item() == pytest.approx((w.norm().item() - 1) ** 2, rel=1e-5)
+    gp.backward()  # the penalty reaches the critic's weights through its gradient (double backward)
+    assert torch.allclose(D.w.grad, 2 * (w.norm() - 1) * w / w.norm(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_penalty_norm_is_per_sample_over_chw():
+    import wgan
+
+    class HalfSquare(torch.nn.Module):  # f(x) = |x|^2 / 2 per sample: gradient x
+        def forward(self, x):
+            return 0.5 * x.square().flatten(1).sum(1)
+
+    x = torch.ones(2, 3, 8, 8)
+    x[0] *= 3 / math.sqrt(3 * 8 * 8)  # gradient norm over C*H*W: 3 -> (3 - 1)^2 = 4
+    x[1] *= 1 / math.sqrt(3 * 8 * 8)  # 1 -> 0
+    # x_real == x_fake: every interpolate is x itself, whatever eps is drawn
+    gp = wgan.gradient_penalty(HalfSquare(), x, x.clone())
+    assert gp.item() == pytest.approx(2.0, rel=1e-5)  # per-channel norms give 0.36, a batch norm 4.68
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_penalty_is_fp32_inside_autocast():
+    import wgan
+    torch.manual_seed(0)
+    D = wgan.Discriminator(32, 8)
+    x_real, x_fake = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32).bfloat16()
+    torch.manual_seed(1)
+    ref = wgan.gradient_penalty(D, x_real, x_fake.float())
+    torch.manual_seed(1)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        gp = wgan.gradient_penalty(D, x_real, x_fake)
+    assert gp.dtype == torch.float32 and torch.equal(gp, ref)
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_critic_has_no_batchnorm_and_scores_each_sample_alone():
+    import wgan
+    torch.manual_seed(0)
+    D = wgan.Discriminator(32, 8).train()
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
+    x = torch.randn(6, 3, 32, 32)
+    assert torch.allclose(D(x)[:2], D(x[:2]), atol=1e-6)  # batch statistics would couple the samples
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_losses_on_known_scores():
+    import wgan
+    real, fake = torch.tensor([3.0, 1.0]), torch.tensor([0.0, -2.0])
+    assert wgan.loss_d(real, fake).item() == -3.0  # -(E[f(x)] - E[f(G(z))])
+    assert wgan.loss_g(fake).item() == 1.0
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_gp_run_uses_the_papers_optimizer_n_critic_and_logs(tmp_path):
+    import wgan
+    _, args = tiny_args("wgan", tmp_path, steps=2)
+    wgan.train(args)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    for opt in ("opt_G", "opt_D"):
+        group = ckpt[opt]["param_groups"][0]
+        assert group["lr"] == 1e-4 and tuple(group["betas"]) == (0.0, 0.9)
+    assert ckpt["loader"]["pos"] == 2 * 5 * 8  # each generator step draws n_critic = 5 real batches
+    recs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
+    assert all(r["gp"] >= 0 and math.isfinite(r["wdist"]) for r in recs)
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_wgan_clipping_keeps_every_critic_weight_within_the_bound(tmp_path):
+    import wgan
+    D = wgan.Discriminator(32, 8)
+    assert D.net[3].weight.max() == 1.0  # LayerNorm gains start outside the bound
+    _, args = tiny_args("wgan", tmp_path, "--constraint", "clip", steps=1)
+    wgan.train(args)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    bound = max(v.abs().max().item() for v in ckpt["D"].values())
+    assert bound <= 0.01 and bound == pytest.approx(0.01)  # within the bound, and the gains sit on it
+    group = ckpt["opt_D"]["param_groups"][0]
+    assert group["lr"] == 5e-5 and "alpha" in group  # RMSprop
+    assert "gp" not in json.loads(open(tmp_path / "log.jsonl").readline())
 
 
 # --- common.py: reading images ------------------------------------------------------------------

@@ -1,0 +1,560 @@
+"""WGAN: "Wasserstein GAN", Martin Arjovsky, Soumith Chintala, Leon Bottou, 2017. arXiv:1701.07875.
+WGAN-GP: "Improved Training of Wasserstein GANs", Ishaan Gulrajani, Faruk Ahmed, Martin Arjovsky,
+Vincent Dumoulin, Aaron Courville, 2017. arXiv:1704.00028.
+
+Paper -> code
+- a critic f (no sigmoid) trained to maximise E[f(x)] - E[f(G(z))], the Kantorovich-Rubinstein
+  dual of the Wasserstein-1 distance; G minimises -E[f(G(z))] (WGAN eq. 3, Alg. 1) -> loss_d, loss_g
+- n_critic = 5 critic updates, each on a fresh real batch, per generator update (both Alg. 1)
+                                                                                   -> train()
+- --constraint clip: f kept K-Lipschitz by clipping every critic weight to [-c, c], c = 0.01,
+  after each critic step; RMSprop, lr 5e-5 (WGAN Alg. 1, sec. 3)                -> clip_weights
+- --constraint gp (default): lambda E[(||grad f(x_hat)||_2 - 1)^2] on x_hat = eps x + (1 - eps) G(z),
+  eps ~ U[0, 1] per sample, the norm per sample over C*H*W, lambda 10; Adam lr 1e-4,
+  betas (0, 0.9) (WGAN-GP eq. 3, Alg. 1)                                         -> gradient_penalty
+- no BatchNorm in the critic: the penalty is per sample, and batch statistics would couple the
+  samples; layer normalization instead (WGAN-GP sec. 4)                          -> Discriminator
+- G and the critic's convolutions: the DCGAN architecture both papers use at 64x64 -> Generator
+
+Not from the paper
+- The critic's LayerNorm is nn.GroupNorm(1, C): mean and variance per sample over (C, H, W), a
+  gain and bias per channel, as the WGAN-GP code's Layernorm. It is used with either constraint
+  (WGAN's own DCGAN critic had BatchNorm); under clip its gain and bias are clipped like every
+  other critic parameter, as the WGAN code clips all of them.
+- WGAN's code also runs 100 critic steps for the first 25 generator steps and every 500th; not in
+  Alg. 1, left out. loss_D, wdist and gp in the log are from the last critic step of each step.
+- The penalty runs in fp32 with autocast off, on the eager critic even under --compile
+  (torch.compile has no double backward). kimg and img/s count generator images (step x batch);
+  the critic sees n_critic times as many real images.
+- DCGAN's weight init N(0, 0.02) and z ~ N(0, I); an exponential moving average of G's weights
+  (G_ema, half-life --ema-kimg) gives all samples. bf16 autocast on CUDA, DDP, checkpoints: the
+  skeleton shared by every file here.
+- Defaults: batch 64 (both papers), 20k generator steps (100k critic batches), widths 64.
+
+Usage
+    python wgan.py                                    # built-in toy faces, 64x64, gradient penalty
+    python wgan.py --data ./faces --res 64            # any folder or .zip of images
+    python wgan.py --constraint clip                  # the original WGAN: weight clipping, RMSprop
+    python wgan.py --data toy --res 32 --steps 100 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
+    python wgan.py --resume --steps 20000             # continue out/wgan/ckpt.pt
+    torchrun --nproc_per_node=4 wgan.py --data ./faces
+    python wgan.py --sample out/wgan/ckpt.pt --n 64 [--interp]
+"""
+import argparse
+import copy
+import json
+import math
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
+
+from common import Batches, UserError, load_images, make_grid, plot_losses, save_gif, save_grid, save_progress_gif
+
+MODEL = "wgan"
+
+
+# --- model --------------------------------------------------------------------------------------
+
+def check_res(res):
+    if res < 32 or res & (res - 1):
+        raise UserError(f"{MODEL} builds power-of-two resolutions from 32 up; got --res {res}")
+
+
+class Generator(nn.Module):
+    """z (B, z_dim) -> image (B, 3, res, res). Channels halve as the resolution doubles."""
+
+    def __init__(self, res=64, z_dim=100, ch=64):
+        super().__init__()
+        self.res, self.z_dim = res, z_dim
+        n_up = int(math.log2(res)) - 2  # 4x4 -> res
+        c = min(ch * 2 ** (n_up - 1), ch * 16)
+        layers = [nn.ConvTranspose2d(z_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        for _ in range(n_up - 1):
+            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
+            c //= 2
+        layers += [nn.ConvTranspose2d(c, 3, 4, 2, 1, bias=False), nn.Tanh()]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z):
+        return self.net(z[:, :, None, None])
+
+
+class Discriminator(nn.Module):
+    """The critic: image (B, 3, res, res) -> score (B,), unbounded. DCGAN's convolutions with
+    LayerNorm (GroupNorm with one group) where DCGAN has BatchNorm (WGAN-GP sec. 4)."""
+
+    def __init__(self, res=64, ch=64):
+        super().__init__()
+        n_down = int(math.log2(res)) - 2  # res -> 4x4
+        layers = [nn.Conv2d(3, ch, 4, 2, 1, bias=False), nn.LeakyReLU(0.2, True)]
+        c = ch
+        for _ in range(n_down - 1):
+            c2 = min(c * 2, ch * 16)
+            layers += [nn.Conv2d(c, c2, 4, 2, 1, bias=False), nn.GroupNorm(1, c2), nn.LeakyReLU(0.2, True)]
+            c = c2
+        layers += [nn.Conv2d(c, 1, 4, 1, 0, bias=False)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return self.net(x).flatten()
+
+
+def init_weights(m):
+    if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d)):
+        nn.init.normal_(m.weight, 0.0, 0.02)
+    elif isinstance(m, nn.BatchNorm2d):
+        nn.init.normal_(m.weight, 1.0, 0.02)
+        nn.init.zeros_(m.bias)
+
+
+# --- losses -------------------------------------------------------------------------------------
+
+def loss_d(logits_real, logits_fake):
+    """Critic: minimise -(E[f(x)] - E[f(G(z))]), the negated Wasserstein estimate (WGAN Alg. 1)."""
+    return logits_fake.mean() - logits_real.mean()
+
+
+def loss_g(logits_fake):
+    """G: minimise -E[f(G(z))] (WGAN Alg. 1)."""
+    return -logits_fake.mean()
+
+
+def gradient_penalty(D, x_real, x_fake):
+    """E[(||grad_x f(x_hat)||_2 - 1)^2], x_hat = eps x_real + (1 - eps) x_fake, eps ~ U[0, 1] per sample
+    (WGAN-GP eq. 3): a soft 1-Lipschitz constraint along lines between the two distributions,
+    where the optimal critic has gradient norm 1 (sec. 3, Prop. 1). The norm is per sample over
+    C*H*W. fp32 with autocast off; D must be the eager module (the penalty is backpropagated
+    through a gradient, and torch.compile has no double backward)."""
+    with torch.autocast(x_real.device.type, enabled=False):
+        x_real, x_fake = x_real.detach().float(), x_fake.detach().float()
+        eps = torch.rand(x_real.shape[0], 1, 1, 1, device=x_real.device)
+        x_hat = torch.lerp(x_fake, x_real, eps).requires_grad_(True)
+        grad, = torch.autograd.grad(D(x_hat).float().sum(), x_hat, create_graph=True)  # (B, C, H, W)
+        return (grad.flatten(1).norm(dim=1) - 1).square().mean()
+
+
+@torch.no_grad()
+def clip_weights(D, c):
+    """WGAN's Lipschitz constraint (sec. 3): every critic parameter clipped to [-c, c]."""
+    for p in D.parameters():
+        p.clamp_(-c, c)
+
+
+# --- EMA, sampling ------------------------------------------------------------------------------
+
+def ema_beta(batch, ema_kimg):
+    """Per-step decay whose half-life is ema_kimg thousand images."""
+    return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
+
+
+@torch.no_grad()
+def update_ema(G_ema, G, beta):
+    """Parameters: G_ema <- beta * G_ema + (1 - beta) * G. Buffers (BatchNorm statistics): copied."""
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
+def sample_z(n, z_dim, gen, truncation=None):
+    """z ~ N(0, I); with truncation T, entries beyond |T| are redrawn until none are left."""
+    z = torch.randn(n, z_dim, generator=gen)
+    while truncation is not None and (bad := z.abs() > truncation).any():
+        z[bad] = torch.randn(int(bad.sum()), generator=gen)
+    return z
+
+
+def load_checkpoint(path, device="cpu"):
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if not isinstance(ckpt, dict) or ckpt.get("model") != MODEL:
+        found = ckpt.get("model") if isinstance(ckpt, dict) else None
+        raise UserError(f"{path} is not a {MODEL} checkpoint (model: {found})")
+    return ckpt
+
+
+def load_generator(path, device="cpu"):
+    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
+    ckpt = load_checkpoint(path, device)
+    a = ckpt["args"]
+    G = Generator(a["res"], a["z_dim"], a["g_ch"]).to(device)
+    G.load_state_dict(ckpt["G_ema"])
+    G.classes = ckpt["classes"]
+    return G.eval().requires_grad_(False)
+
+
+@torch.no_grad()
+def generate(G, n, seed=0, truncation=None, y=None, batch=256):
+    """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; same seed, same images.
+    y (class labels) is accepted for a common signature and ignored: DCGAN is unconditional."""
+    z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
+    device = next(G.parameters()).device
+    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+
+
+@torch.no_grad()
+def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16):
+    """Frames of n images, each moving along a spherical path through `keys` latents and back."""
+    gen = torch.Generator().manual_seed(seed)
+    zs = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)]
+    device, frames = next(G.parameters()).device, []
+    for k in range(keys):
+        a, b = zs[k], zs[(k + 1) % keys]
+        omega = torch.arccos((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1))
+        for t in torch.linspace(0, 1, steps + 1)[:-1]:
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega).clamp_min(1e-6)
+            frames.append(make_grid(G(z.to(device)).float().cpu()))
+    return frames
+
+
+# --- training skeleton --------------------------------------------------------------------------
+
+def setup_device(name):
+    """--device auto -> cuda, else mps, else cpu. Under torchrun, also start DDP.
+    Returns (device, rank, world_size)."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+    device = torch.device(name)
+    if device.type == "cuda":
+        if world > 1:
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    if world > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return device, rank, world
+
+
+def setup_precision(name, device):
+    """auto -> bf16 autocast on CUDA where supported, else fp32. Returns (name, autocast dtype)."""
+    if name == "auto":
+        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+    return name, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def any_rank(flag, device):
+    """True on every rank when `flag` is true on any rank; all ranks must call it together."""
+    if not dist.is_initialized():
+        return bool(flag)
+    t = torch.tensor(float(flag), device=device)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return bool(t.item())
+
+
+def rng_states(device):
+    """This process's RNG states, gathered from every rank (index = rank)."""
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    if not dist.is_initialized():
+        return [state]
+    states = [None] * dist.get_world_size()
+    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
+    return states
+
+
+def set_rng_states(states, rank, device):
+    if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
+        print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
+        return
+    torch.set_rng_state(states[rank]["cpu"].cpu())
+    if device.type == "cuda" and "cuda" in states[rank]:
+        torch.cuda.set_rng_state(states[rank]["cuda"].cpu(), device)
+
+
+def save_checkpoint(path, ckpt):
+    """Atomic: write a temporary file, then rename over the old checkpoint."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as f:
+        torch.save(ckpt, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def finite(meter, *models):
+    """Losses since the last log and all weights are finite, on every rank (syncs the GPU)."""
+    tensors = list(meter.sums.values()) + [p for m in models for p in m.parameters()]
+    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().item()
+    return not any_rank(not ok, tensors[-1].device)
+
+
+class Meter:
+    """Running sums of detached scalars, kept on the device so nothing syncs until `means()`."""
+
+    def __init__(self):
+        self.sums, self.n = {}, 0
+
+    def add(self, **values):
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.n += 1
+
+    def means(self):
+        keys = list(self.sums)
+        vals = torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        self.sums, self.n = {}, 0
+        return dict(zip(keys, vals))
+
+
+def log_line(rec):
+    """step 1200/50000 | kimg 76.8 | loss_D 1.213 | ... | 512 img/s | 1.9 GB | eta 2h41m"""
+    skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
+    parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
+    parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
+    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if "mem_gb" in rec else [])
+    h, m = divmod(int(rec["eta_s"]) // 60, 60)
+    return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
+
+
+RESUME_FROM_COMMAND_LINE = ("data", "out", "steps", "resume", "device", "compile",
+                            "log_every", "sample_every", "ckpt_every")
+
+
+def start_or_resume(args):
+    """Refuse to overwrite a run; on --resume, take every other argument from the checkpoint."""
+    path = os.path.join(args.out, "ckpt.pt")
+    if not args.resume:
+        if os.path.exists(path):
+            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+        return args, None
+    ckpt = load_checkpoint(path)
+    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in RESUME_FROM_COMMAND_LINE}
+    return argparse.Namespace(**merged), ckpt
+
+
+class StopFlag:
+    """Ctrl-C / SIGTERM ask the loop to save a checkpoint and stop; a second Ctrl-C stops at once."""
+
+    def __init__(self):
+        self.signum = None
+        self.old = {}
+        try:
+            for s in (signal.SIGINT, signal.SIGTERM):
+                self.old[s] = signal.signal(s, self.handle)
+        except ValueError:  # not the main thread: no handlers
+            pass
+
+    def handle(self, signum, frame):
+        if self.signum is not None:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def restore(self):
+        for s, h in self.old.items():
+            signal.signal(s, h)
+
+
+# --- training -----------------------------------------------------------------------------------
+
+def train(args):
+    args, ckpt = start_or_resume(args)
+    check_res(args.res)
+    device, rank, world = setup_device(args.device)
+    precision, amp_dtype = setup_precision(args.precision, device)
+    say = print if rank == 0 else (lambda *a, **k: None)
+    if args.batch % world:
+        raise UserError(f"--batch {args.batch} must be divisible by the number of processes ({world})")
+    torch.manual_seed(args.seed + rank)
+    data = load_images(args.data, args.res, verbose=rank == 0)
+    batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
+
+    G = Generator(args.res, args.z_dim, args.g_ch).to(device)
+    D = Discriminator(args.res, args.d_ch).to(device)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    if args.constraint == "gp":  # WGAN-GP Alg. 1
+        opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.9))
+        opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.9))
+    else:  # WGAN sec. 3: momentum (Adam) made training unstable under clipping, RMSprop did not
+        opt_G = torch.optim.RMSprop(G.parameters(), lr=args.lr_g)
+        opt_D = torch.optim.RMSprop(D.parameters(), lr=args.lr_d)
+    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+    step = 0
+    if ckpt is not None:
+        for name, obj in [("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D),
+                          ("scaler_G", scaler_G), ("scaler_D", scaler_D), ("loader", batches)]:
+            obj.load_state_dict(ckpt[name])
+        step = ckpt["step"]
+        set_rng_states(ckpt["rng"], rank, device)
+        say(f"resuming {args.out}/ckpt.pt at step {step}/{args.steps}")
+    if device.type == "cuda":
+        G, D, G_ema = (m.to(memory_format=torch.channels_last) for m in (G, D, G_ema))
+    G_train, D_train = (DDP(G), DDP(D)) if world > 1 else (G, D)
+    if args.compile:
+        G_train, D_train = torch.compile(G_train), torch.compile(D_train)
+    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
+    beta = ema_beta(args.batch, args.ema_kimg)
+    z_fixed = sample_z(64, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
+    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
+    say(f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
+        f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
+        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}")
+    say(f"constraint {args.constraint}: " + (f"gradient penalty, lambda {args.gp_lambda}" if args.constraint == "gp"
+        else f"weights clipped to [-{args.clip}, {args.clip}]") + f" | n_critic {args.n_critic}")
+
+    def checkpoint():
+        ckpt = {"model": MODEL, "args": vars(args), "step": step, "classes": data.classes, "rng": rng_states(device),
+                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
+                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler_G": scaler_G.state_dict(),
+                "scaler_D": scaler_D.state_dict(), "loader": batches.state_dict()}
+        if rank == 0:
+            save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
+
+    def fail_if_not_finite():
+        if not finite(meter, G, D):
+            kept = f"the last good checkpoint is {args.out}/ckpt.pt" if os.path.exists(
+                os.path.join(args.out, "ckpt.pt")) else "no checkpoint had been written"
+            raise UserError(f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})")
+
+    meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
+    try:
+        while step < args.steps:
+            for _ in range(args.n_critic):
+                x_real, _ = next(batches)
+                if device.type == "cuda":
+                    x_real = x_real.contiguous(memory_format=torch.channels_last)
+                z = torch.randn(x_real.shape[0], args.z_dim, device=device)
+                with torch.no_grad(), autocast:
+                    x_fake = G_train(z)
+                with autocast:
+                    logits_real, logits_fake = D_train(x_real).float(), D_train(x_fake).float()
+                loss_D = loss_d(logits_real, logits_fake)
+                extra = {"wdist": -loss_D.detach()}
+                if args.constraint == "gp":
+                    # D, not D_train: the eager, unwrapped critic. Its gradients land in the same .grad
+                    # tensors as D_train's in the one backward below, so DDP still averages them.
+                    extra["gp"] = gradient_penalty(D, x_real, x_fake)
+                    loss_D = loss_D + args.gp_lambda * extra["gp"]
+                opt_D.zero_grad(set_to_none=True)
+                scaler_D.scale(loss_D).backward()
+                scaler_D.step(opt_D)
+                scaler_D.update()
+                if args.constraint == "clip":
+                    clip_weights(D, args.clip)
+
+            z = torch.randn(x_real.shape[0], args.z_dim, device=device)
+            with autocast:
+                loss_G = loss_g(D_train(G_train(z)).float())
+            opt_G.zero_grad(set_to_none=True)
+            scaler_G.scale(loss_G).backward()
+            scaler_G.step(opt_G)
+            scaler_G.update()
+            update_ema(G_ema, G, beta)
+            step += 1
+            meter.add(loss_D=loss_D, loss_G=loss_G, **extra)
+
+            if step % args.log_every == 0 or step == args.steps:
+                fail_if_not_finite()
+                dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
+                rec.update(meter.means())
+                rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
+                if device.type == "cuda":
+                    rec["mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                rec["eta_s"] = (args.steps - step) * args.batch / max(rec["img_s"], 1e-9)
+                if rank == 0:
+                    print(log_line(rec), flush=True)
+                    with open(os.path.join(args.out, "log.jsonl"), "a") as f:
+                        f.write(json.dumps(dict(rec, time=time.time())) + "\n")
+                t_log, step_log = time.time(), step
+            t_pause = time.time()  # samples and checkpoints are left out of img/s
+            if (step % args.sample_every == 0 or step == args.steps) and rank == 0:
+                G_ema.eval()
+                with torch.no_grad():
+                    save_grid(G_ema(z_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"), nrow=8)
+                save_progress_gif(os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif"))
+                if os.path.exists(os.path.join(args.out, "log.jsonl")):
+                    plot_losses(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png"))
+            if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
+                fail_if_not_finite()
+                checkpoint()
+                say(f"stopped at step {step}: saved {args.out}/ckpt.pt; continue with --resume")
+                raise SystemExit(130 if stop.signum == signal.SIGINT else 143)
+            if step % args.ckpt_every == 0 or step == args.steps:
+                fail_if_not_finite()
+                checkpoint()
+            t_log += time.time() - t_pause
+    finally:
+        stop.restore()
+        if dist.is_initialized():
+            dist.destroy_process_group()
+    say(f"done: {args.out}/ckpt.pt, samples in {args.out}/samples, loss curve {args.out}/loss.png")
+    return G_ema
+
+
+def sample(args):
+    device, _, _ = setup_device(args.device)
+    G = load_generator(args.sample, device)
+    folder, tag = os.path.dirname(args.sample) or ".", f"seed{args.seed}"
+    if args.interp:
+        path = save_gif(interpolation_frames(G, args.n, args.seed, args.truncation),
+                        os.path.join(folder, f"interp_{tag}.gif"))
+    else:
+        path = save_grid(generate(G, args.n, args.seed, args.truncation), os.path.join(folder, f"samples_{tag}.png"))
+    print(path)
+
+
+# --- command line -------------------------------------------------------------------------------
+
+def get_args(argv=None):
+    p = argparse.ArgumentParser(description="WGAN (Arjovsky et al. 2017) and WGAN-GP (Gulrajani et al. 2017) "
+                                "for anime faces.",
+                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
+    p.add_argument("--res", type=int, default=64, help="image resolution (power of two, >= 32)")
+    p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
+    p.add_argument("--steps", type=int, default=20000, help="generator updates to train for")
+    p.add_argument("--batch", type=int, default=64, help="global batch, split across processes")
+    p.add_argument("--lr-g", type=float, default=None, help="generator learning rate; unset: 1e-4 (gp, Adam) "
+                   "or 5e-5 (clip, RMSprop)")
+    p.add_argument("--lr-d", type=float, default=None, help="critic learning rate; unset: as --lr-g")
+    p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images")
+    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise, data order and samples")
+    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
+    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
+                   help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
+    p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
+    p.add_argument("--sample-every", type=int, default=200, help="steps between sample grids")
+    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
+    p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
+    p.add_argument("--n", type=int, default=64, help="sampling mode: number of images")
+    p.add_argument("--truncation", type=float, default=None, help="redraw z entries beyond |T| (sampling)")
+    p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
+    p.add_argument("--z-dim", type=int, default=100, help="latent size (DCGAN's 100, as in the WGAN code)")
+    p.add_argument("--g-ch", type=int, default=64, help="G width: channels of the last hidden layer")
+    p.add_argument("--d-ch", type=int, default=64, help="critic width: channels of the first layer")
+    p.add_argument("--constraint", default="gp", choices=["gp", "clip"],
+                   help="how the critic is kept Lipschitz: gradient penalty (WGAN-GP) or weight clipping (WGAN)")
+    p.add_argument("--n-critic", type=int, default=5, help="critic updates per generator update (n_critic)")
+    p.add_argument("--gp-lambda", type=float, default=10.0, help="gradient-penalty weight (WGAN-GP's lambda)")
+    p.add_argument("--clip", type=float, default=0.01, help="weight-clipping bound (WGAN's c), with --constraint clip")
+    args = p.parse_args(argv)
+    lr = {"gp": 1e-4, "clip": 5e-5}[args.constraint]
+    args.lr_g, args.lr_d = args.lr_g or lr, args.lr_d or lr
+    return args
+
+
+if __name__ == "__main__":
+    args = get_args()
+    try:
+        sample(args) if args.sample else train(args)
+    except UserError as e:
+        sys.exit(f"{MODEL}: error: {e}")
