@@ -834,6 +834,148 @@ def test_wgan_clipping_keeps_every_critic_weight_within_the_bound(tmp_path):
     assert "gp" not in json.loads(open(tmp_path / "log.jsonl").readline())
 
 
+# --- StyleGAN2-ADA as the papers describe it ----------------------------------------------------
+
+needs_sg2 = pytest.mark.skipif("stylegan2_ada" not in MODELS, reason="stylegan2_ada.py absent")
+
+
+@needs_sg2
+def test_stylegan2_demodulated_conv_keeps_unit_variance():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    layer = sg.SynthesisLayer(64, 64, w_dim=8, res=16, act=False, noise=False)
+    x = torch.randn(64, 64, 16, 16)
+    w = 3 * torch.randn(64, 8)  # styles far from 1: modulation alone would change the scale
+    with torch.no_grad():
+        out = layer(x, w)[:, :, 1:-1, 1:-1]  # away from the zero padding
+        undemod = sg.SynthesisLayer(64, 64, w_dim=8, res=16, demod=False, act=False, noise=False)
+        undemod.load_state_dict(layer.state_dict())
+        undemod.s_gain = 1.0  # the same modulated weights, without eq. 3
+        raw = undemod(x, w)[:, :, 1:-1, 1:-1]
+    assert out.std().item() == pytest.approx(1.0, abs=0.03)
+    assert out.std(dim=(0, 2, 3)).sub(1).abs().max() < 0.1  # every output channel, not just on average
+    assert raw.std().item() > 3  # without demodulation the variance is far from 1
+
+
+@needs_sg2
+def test_stylegan2_r1_matches_a_hand_computation():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    a = torch.randn(1, 3, 4, 4)
+    D = lambda x, y: (x * a).sum([1, 2, 3]) + 0.5 * x.square().sum([1, 2, 3])  # noqa: E731  grad = a + x
+    x = torch.randn(5, 3, 4, 4)
+    penalty, logits = sg.r1_penalty(D, x, None)
+    assert torch.allclose(penalty, (a + x).square().sum([1, 2, 3]), rtol=1e-5)  # summed over C*H*W
+    assert torch.allclose(logits, D(x, None))
+    penalty, _ = sg.r1_penalty(D, x, None, augment=lambda v: 2 * v)  # through the augmentation: d/dx D(2x)
+    assert torch.allclose(penalty, (2 * (a + 2 * x)).square().sum([1, 2, 3]), rtol=1e-5)
+    penalty.sum().backward()  # double backward works (R1 is trained through)
+    tiny = sg.Discriminator(32, classes=3, cbase=64, cmax=8, map_layers=1)
+    p, _ = sg.r1_penalty(tiny, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]),
+                         augment=lambda v: sg.augment(v, torch.tensor(1.0)))
+    p.mean().backward()
+    assert tiny.blocks[0].fromrgb.weight.grad.abs().sum() > 0 and tiny.mapping.embed.weight.grad.abs().sum() > 0
+
+
+@needs_sg2
+def test_stylegan2_path_length_penalty_is_zero_at_the_running_mean():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    A = torch.randn(12, 12)
+    ws = torch.randn(1, 2, 6, requires_grad=True)
+    img = (ws.reshape(1, 12) @ A).reshape(1, 3, 2, 2)
+    torch.manual_seed(1)
+    noise = torch.randn(1, 3, 2, 2) / math.sqrt(2 * 2)
+    grad = (noise.reshape(1, 12) @ A.t()).reshape(1, 2, 6)  # J^T y by hand
+    length = grad.square().sum(2).mean(1).sqrt()
+    torch.manual_seed(1)
+    penalty, pl_mean = sg.path_length_penalty(img, ws, length[0].clone())
+    assert penalty.item() == pytest.approx(0.0, abs=1e-10) and pl_mean.item() == pytest.approx(length.item(), rel=1e-6)
+    torch.manual_seed(1)
+    penalty, pl_mean = sg.path_length_penalty(img, ws, 2 * length[0])  # mean moves 1% of the way (decay 0.01)
+    assert pl_mean.item() == pytest.approx(1.99 * length.item(), rel=1e-6)
+    assert penalty.item() == pytest.approx((0.99 * length.item()) ** 2, rel=1e-5)
+
+
+@needs_sg2
+def test_stylegan2_augment_identity_at_p0_and_changes_at_p1():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    assert torch.equal(sg.augment(x, torch.tensor(0.0)), x)
+    y = sg.augment(x, torch.tensor(1.0))
+    assert y.shape == x.shape and y.isfinite().all()
+    assert ((y - x).abs().amax((1, 2, 3)) > 0.1).all()  # every image changes
+    x.requires_grad_(True)  # differentiable, for the G step
+    g, = torch.autograd.grad(sg.augment(x, torch.tensor(1.0)).square().sum(), x)
+    assert g.abs().sum() > 0
+    x = torch.rand(1000, 3, 8, 8)
+    untouched = (sg.augment(x, torch.tensor(0.2)) == x).flatten(1).all(1).float().mean().item()
+    assert 0.04 < untouched < 0.1  # each of the 12 transforms with p 0.2: (1 - 0.2)^12 = 6.9% get none
+
+
+@needs_sg2
+def test_stylegan2_ada_p_moves_toward_target_at_the_stated_speed():
+    import stylegan2_ada as sg
+    step = 32 * 4 / 500_000  # batch 32, update every 4 steps, 0 -> 1 in 500 kimg
+    p = torch.tensor(0.5)
+    assert sg.ada_update(p, torch.tensor(0.7), 32 * 4).item() == pytest.approx(0.5 + step, abs=1e-7)
+    assert sg.ada_update(p, torch.tensor(0.3), 32 * 4).item() == pytest.approx(0.5 - step, abs=1e-7)
+    assert sg.ada_update(torch.tensor(0.0), torch.tensor(-1.0), 128).item() == 0.0  # clamped to [0, 1]
+    assert sg.ada_update(torch.tensor(1.0), torch.tensor(1.0), 128).item() == 1.0
+    p = torch.tensor(0.0, dtype=torch.float64)
+    for _ in range(math.ceil(500_000 / 128)):
+        p = sg.ada_update(p, torch.tensor(1.0), 128)
+    assert p.item() == 1.0 and sg.ada_update(torch.tensor(0.0), torch.tensor(1.0), 128 * 3906).item() < 1.0
+
+
+@needs_sg2
+def test_stylegan2_fir_filters_preserve_a_constant_image():
+    import stylegan2_ada as sg
+    x = torch.full((2, 3, 16, 16), 0.7)
+    for f in (torch.tensor(sg.FIR), torch.tensor(sg.SYM6)):
+        up, down = sg.upsample2d(x, f), sg.downsample2d(x, f)
+        assert up.shape[-1] == 32 and down.shape[-1] == 8
+        assert torch.allclose(up[..., 8:-8, 8:-8], x[..., :1, :1].expand_as(up[..., 8:-8, 8:-8]), atol=1e-5)
+        assert torch.allclose(down[..., 3:-3, 3:-3], torch.full_like(down[..., 3:-3, 3:-3], 0.7), atol=1e-5)
+    assert not torch.allclose(sg.upsample2d(x, torch.tensor(sg.FIR))[..., 0, 0], torch.tensor(0.7))  # borders differ
+
+
+@needs_sg2
+def test_stylegan2_w_avg_moves_toward_the_batch_mean():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    G = sg.Generator(32, z_dim=8, w_dim=8, classes=0, cbase=64, cmax=8, map_layers=2)
+    z = torch.randn(16, 8)
+    w = G.mapping(z, update_w_avg=False)[:, 0]
+    assert torch.equal(G.mapping.w_avg, torch.zeros(8))
+    G.mapping(z)
+    assert torch.allclose(G.mapping.w_avg, 0.005 * w.mean(0), atol=1e-7)  # beta 0.995
+    G.eval()(z)
+    assert torch.allclose(G.mapping.w_avg, 0.005 * w.mean(0), atol=1e-7)  # eval: not updated
+    ws = G.mapping(z, psi=0.0)  # psi 0: every image is w_avg
+    assert torch.allclose(ws, G.mapping.w_avg.expand_as(ws))
+    ws = G.mapping(z, psi=0.5, cutoff=2)  # the cutoff leaves later styles alone
+    assert torch.allclose(ws[:, 2:], w[:, None].expand_as(ws[:, 2:]), atol=1e-6)
+    assert torch.allclose(ws[:, :2], (G.mapping.w_avg + 0.5 * (w - G.mapping.w_avg))[:, None].expand_as(ws[:, :2]))
+
+
+@needs_sg2
+def test_stylegan2_resume_restores_p_and_path_length_mean(tmp_path):
+    mod, args = tiny_args("stylegan2_ada", tmp_path, steps=2)
+    mod.train(args)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert ckpt["ada_p"].item() == 0.0 and ckpt["pl_mean"].item() > 0  # pl ran at step 0
+    ckpt["ada_p"].fill_(0.25)
+    ckpt["pl_mean"].fill_(0.5)
+    torch.save(ckpt, tmp_path / "ckpt.pt")
+    mod, args = tiny_args("stylegan2_ada", tmp_path, "--resume", steps=3)  # no p update or pl step at step 3
+    mod.train(args)
+    after = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert after["step"] == 3 and after["ada_p"].item() == 0.25 and after["pl_mean"].item() == 0.5
+    assert after["G_ema"]["mapping.w_avg"].abs().sum() > 0
+
+
 # --- common.py: reading images ------------------------------------------------------------------
 
 def test_folder_of_odd_images_is_converted_cropped_and_counted(tmp_path, capsys):
