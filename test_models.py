@@ -976,6 +976,136 @@ def test_stylegan2_resume_restores_p_and_path_length_mean(tmp_path):
     assert after["G_ema"]["mapping.w_avg"].abs().sum() > 0
 
 
+# --- BigGAN as the paper describes it -----------------------------------------------------------
+
+
+def test_biggan_ortho_penalty_is_zero_for_orthogonal_filters_and_positive_otherwise():
+    import biggan
+
+    class OneWeight(torch.nn.Module):
+        def __init__(self, w):
+            super().__init__()
+            self.w = torch.nn.Parameter(w)
+
+    for shape in [(16, 16), (8, 32), (16, 3, 3, 3)]:  # square, wide, conv (16 filters of 27 inputs)
+        q = torch.nn.init.orthogonal_(torch.empty(shape[0], int(torch.tensor(shape[1:]).prod())))
+        scaled = q * torch.linspace(0.5, 3, shape[0])[:, None]  # filter norms are left free (sec. 3.1)
+        assert biggan.ortho_penalty(OneWeight(scaled.view(shape)), 1.0).item() == pytest.approx(0, abs=1e-4)
+    w = torch.randn(16, 24)
+    expected = ((w @ w.t()) * (1 - torch.eye(16))).square().sum()  # the paper's form, written out
+    assert biggan.ortho_penalty(OneWeight(w), 1e-4).item() == pytest.approx(1e-4 * expected.item(), rel=1e-4)
+    tall = torch.randn(300, 7)  # the input layer's shape: the cheap Gram form must still be exact
+    expected = ((tall @ tall.t()) * (1 - torch.eye(300))).square().sum()
+    assert biggan.ortho_penalty(OneWeight(tall), 1.0).item() == pytest.approx(expected.item(), rel=1e-4)
+    G = biggan.Generator(32, 120, 4, n_classes=3)
+    G.shared.weight.data.normal_()  # the shared embedding is exempt, as in the author's code
+    before = biggan.ortho_penalty(G, 1.0).item()
+    G.shared.weight.data.mul_(10)
+    assert biggan.ortho_penalty(G, 1.0).item() == pytest.approx(before) and before > 0
+
+
+def test_biggan_two_classes_give_different_conditional_bn_gains_for_the_same_z():
+    import biggan
+    torch.manual_seed(0)
+    G = biggan.Generator(32, 120, 4, n_classes=2)
+    G.apply(biggan.init_weights)
+    z = torch.randn(1, 120).expand(2, 120)
+    _, conds = G.conditions(z, torch.tensor([0, 1]))
+    for block, cond in zip(G.blocks, conds):
+        gain = 1 + block.bn1.gain(cond)  # (2, C): the per-channel BatchNorm gain for class 0 and 1
+        assert not torch.allclose(gain[0], gain[1], atol=1e-4)
+    _, same = G.conditions(z, torch.tensor([1, 1]))
+    gain = G.blocks[0].bn1.gain(same[0])
+    assert torch.allclose(gain[0], gain[1], atol=1e-6)
+    G.eval()
+    x = G(z, torch.tensor([0, 1]))
+    assert not torch.allclose(x[0], x[1], atol=1e-4)
+
+
+def test_biggan_projection_term_changes_d_output_with_the_label():
+    import biggan
+    torch.manual_seed(0)
+    D = biggan.Discriminator(32, 4, n_classes=3).eval()
+    D.apply(biggan.init_weights)
+    x = torch.randn(1, 3, 32, 32).expand(3, 3, 32, 32)
+    logits = D(x, torch.tensor([0, 1, 2]))
+    assert (logits - logits[0]).abs().max() > 1e-3
+    D.embed.weight.data.copy_(D.embed.weight.data[:1].expand(3, -1))  # one embedding for all labels:
+    # the projection term no longer depends on y, so neither may the output
+    logits = D(x, torch.tensor([0, 1, 2]))
+    assert (logits - logits[0]).abs().max() < 1e-6
+
+
+def test_biggan_truncation_keeps_every_z_entry_within_bounds():
+    import biggan
+    for t in (0.1, 0.5, 1.0, 2.0):
+        z = biggan.sample_z(500, 120, torch.Generator().manual_seed(1), truncation=t)
+        assert z.abs().max() <= t and z.std() > 0.4 * min(t, 1)
+    a = biggan.sample_z(500, 120, torch.Generator().manual_seed(1), truncation=0.5)
+    b = biggan.sample_z(500, 120, torch.Generator().manual_seed(1), truncation=None)
+    inside = b.abs() <= 0.5
+    assert torch.equal(a[inside], b[inside])  # resampled, not clamped: entries within |T| are kept
+    G = biggan.Generator(32, 120, 4, n_classes=2).eval()
+    G.classes = ["a", "b"]
+    x = biggan.generate(G, 3, seed=0, truncation=0.3)
+    assert x.shape == (3, 3, 32, 32) and x.abs().max() <= 1
+
+
+def test_biggan_hierarchical_z_chunks_sum_to_z_dim():
+    import biggan
+    for res, n_blocks in [(32, 3), (64, 4), (128, 5)]:
+        for z_dim in (120, 128, 100, 7):
+            G = biggan.Generator(res, z_dim, 2, n_classes=2)
+            assert sum(G.z_sizes) == z_dim and len(G.z_sizes) == n_blocks + 1
+            assert max(G.z_sizes) - min(G.z_sizes) <= 1
+            z0, conds = G.conditions(torch.randn(2, z_dim), torch.tensor([0, 1]))
+            assert z0.shape[1] + sum(c.shape[1] - 128 for c in conds) == z_dim
+    assert biggan.Generator(64, 120, 2).z_sizes == [24] * 5  # 64x64: 4 blocks + input layer
+    assert biggan.Generator(128, 120, 2).z_sizes == [20] * 6  # the paper's 128x128: chunks of 20
+
+
+def test_biggan_spectral_norm_gives_sigma_near_one_and_u_is_a_buffer():
+    import biggan
+    torch.manual_seed(0)
+    conv = biggan.SNConv2d(8, 16, 3, padding=1)
+    conv.weight.data.mul_(5)
+    assert "u" in dict(conv.named_buffers()) and "u" not in dict(conv.named_parameters())
+    for _ in range(30):  # one power-iteration step per training forward
+        conv(torch.randn(1, 8, 4, 4))
+    sigma = torch.linalg.matrix_norm(conv.sn_weight().flatten(1), ord=2)
+    assert sigma.item() == pytest.approx(1.0, abs=1e-3)
+    u = conv.u.clone()
+    conv.eval()(torch.randn(1, 8, 4, 4))
+    assert torch.equal(conv.u, u)  # eval (G_ema, sampling) leaves u alone
+
+
+def test_biggan_attention_at_the_papers_scale_with_gamma_zero():
+    import biggan
+    for res, attn in [(64, 32), (128, 64)]:
+        G, D = biggan.Generator(res, 120, 1, attn_res=attn), biggan.Discriminator(res, 1, attn_res=attn)
+        assert G.attn.gamma.item() == 0 and D.attn.gamma.item() == 0
+        seen = {}
+        G.attn.register_forward_hook(lambda m, i, o: seen.update(G=o.shape[-1]))
+        D.attn.register_forward_hook(lambda m, i, o: seen.update(D=o.shape[-1]))
+        G.eval()(torch.randn(2, 120), torch.zeros(2, dtype=torch.long))
+        D(torch.randn(2, 3, res, res), torch.zeros(2, dtype=torch.long))
+        assert seen == {"G": attn, "D": attn}
+
+
+def test_biggan_single_class_data_trains_with_one_embedding(tmp_path, capsys):
+    import biggan
+    from PIL import Image
+    for i in range(16):
+        Image.new("RGB", (32, 32), (i * 15, 100, 200)).save(tmp_path / f"{i}.png")
+    args = biggan.get_args(["--data", str(tmp_path), "--res", "32", "--batch", "4", "--steps", "0",
+                            "--out", str(tmp_path / "run"), "--device", "cpu", "--g-ch", "4", "--d-ch", "4"])
+    G_ema = biggan.train(args)  # builds the models and returns before any step
+    assert "one class: G and D train with a single class embedding" in capsys.readouterr().out
+    assert G_ema.shared.weight.shape[0] == 1
+    D = biggan.Discriminator(32, 4, n_classes=1)
+    assert D(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)).shape == (2,)
+
+
 # --- common.py: reading images ------------------------------------------------------------------
 
 def test_folder_of_odd_images_is_converted_cropped_and_counted(tmp_path, capsys):
