@@ -672,19 +672,22 @@ def log_line(rec):
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "out", "steps", "resume", "device", "compile",
-                            "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
 
 
 def start_or_resume(args):
-    """Refuse to overwrite a run; on --resume, take every other argument from the checkpoint."""
+    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint, except --out
+    and those in RESUME_FROM_COMMAND_LINE that the command line sets to other than their default
+    (so a plain --resume continues on the same data for the same number of steps)."""
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
             raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
         return args, None
     ckpt = load_checkpoint(path)
-    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in RESUME_FROM_COMMAND_LINE}
+    defaults = vars(get_args([]))
+    given = {k for k in RESUME_FROM_COMMAND_LINE if getattr(args, k) != defaults[k]} | {"out", "resume"}
+    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in given}
     return argparse.Namespace(**merged), ckpt
 
 

@@ -130,6 +130,18 @@ def test_resume_continues_the_same_run(tmp_path):
                 assert torch.equal(a[net][k], b[net][k]), f"{m} {net}.{k} differs after resume"
 
 
+def test_plain_resume_keeps_the_runs_data_and_widths(tmp_path):
+    for i in range(8):
+        save_image(str(tmp_path / "faces" / f"{i}.png"), "RGB", color=(30 * i, 0, 0))
+    for m in MODELS:
+        mod, args = tiny_args(m, tmp_path / m, "--data", str(tmp_path / "faces"), steps=2)
+        mod.train(args)
+        mod.train(mod.get_args(["--out", str(tmp_path / m), "--resume", "--steps", "3", "--device", "cpu"]))
+        ckpt = torch.load(tmp_path / m / "ckpt.pt", weights_only=True)
+        assert ckpt["step"] == 3 and ckpt["args"]["data"] == str(tmp_path / "faces"), m
+        assert ckpt["args"]["batch"] == 8 and ckpt["args"]["res"] == 32, m
+
+
 def test_refuses_to_overwrite_a_run(trained):
     mod, out = trained
     before = (out / "ckpt.pt").stat().st_mtime_ns
@@ -1104,6 +1116,118 @@ def test_biggan_single_class_data_trains_with_one_embedding(tmp_path, capsys):
     assert G_ema.shared.weight.shape[0] == 1
     D = biggan.Discriminator(32, 4, n_classes=1)
     assert D(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)).shape == (2,)
+
+
+# --- SNGAN as the paper describes it ------------------------------------------------------------
+
+def converged_sn_conv(iters=300, seed=0):
+    """An SNConv2d (32 out, 16*3*3 in) after `iters` training-mode power iterations."""
+    import sngan
+    torch.manual_seed(seed)
+    layer = sngan.SNConv2d(16, 32, 3, padding=1)
+    with torch.no_grad():
+        for _ in range(iters):
+            sngan.sn_weight(layer)  # training mode: one power iteration per call
+    return layer
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_power_iteration_finds_the_spectral_norm():
+    import sngan
+    layer = converged_sn_conv(iters=0)
+    W = layer.weight.detach().reshape(32, -1)
+    true_sigma = torch.linalg.matrix_norm(W, 2).item()
+    estimate = lambda: (layer.weight.norm() / sngan.sn_weight(layer).norm()).item()  # noqa: E731 (gamma = 1)
+    first = estimate()
+    for _ in range(300):
+        last = estimate()
+    assert last == pytest.approx(true_sigma, rel=0.01)
+    assert first < last <= true_sigma * (1 + 1e-5)  # power iteration approaches sigma from below
+    u = layer.u.clone()
+    layer.eval()
+    assert estimate() == pytest.approx(last, rel=1e-6) and torch.equal(layer.u, u)  # eval: no iteration
+    assert "u" in layer.state_dict() and "gamma" in dict(layer.named_parameters())
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_normalised_weight_has_spectral_norm_gamma():
+    import sngan
+    layer = converged_sn_conv()
+    for gamma in (1.0, 2.5):
+        layer.gamma.data.fill_(gamma)
+        W_sn = sngan.sn_weight(layer).detach().reshape(32, -1)
+        assert torch.linalg.matrix_norm(W_sn, 2).item() == pytest.approx(gamma, rel=0.01)
+    D = sngan.Discriminator(32, 8)
+    sn_layers = [m for m in D.modules() if isinstance(m, (sngan.SNConv2d, sngan.SNLinear))]
+    assert len(sn_layers) == len([m for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_gradient_reaches_gamma_and_flows_through_sigma():
+    import sngan
+    layer = converged_sn_conv(iters=20)
+    layer.gamma.data.fill_(1.7)
+    x = torch.randn(4, 16, 8, 8)
+    (layer(x) ** 2).mean().backward()
+    assert layer.gamma.grad is not None and layer.gamma.grad.abs() > 0
+    # W / sigma(W) with sigma = u^T W v is invariant to W -> cW, so if the gradient also flows
+    # through sigma, dL/dW is orthogonal to W; with sigma detached, it would not be
+    W, g = layer.weight.detach(), layer.weight.grad
+    assert g.norm() > 0 and abs((g * W).sum()) < 1e-4 * g.norm() * W.norm()
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_two_forwards_before_backward():
+    """D sees real, then fake images before one backward; each forward updates u in place (and
+    DDP broadcasts buffers in place), which must not invalidate the earlier forward's graph."""
+    import sngan
+    D = sngan.Discriminator(32, 8)
+    u0 = D.blocks[1].conv1.u.clone()
+    loss = sngan.hinge_loss_d(D(torch.randn(2, 3, 32, 32)), D(torch.randn(2, 3, 32, 32)))
+    loss.backward()
+    assert not torch.equal(D.blocks[1].conv1.u, u0) and all(p.grad is not None for p in D.parameters())
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_hinge_loss_on_known_logits():
+    import sngan
+    real = torch.tensor([2.0, 0.5, -1.0], requires_grad=True)
+    fake = torch.tensor([-2.0, 0.0, 1.5], requires_grad=True)
+    loss_D = sngan.hinge_loss_d(real, fake)
+    assert loss_D.item() == pytest.approx((0 + 0.5 + 2) / 3 + (0 + 1 + 2.5) / 3)
+    loss_D.backward()
+    assert real.grad.tolist() == pytest.approx([0, -1 / 3, -1 / 3])  # no gradient beyond the margin
+    assert fake.grad.tolist() == pytest.approx([0, 1 / 3, 1 / 3])
+    assert sngan.hinge_loss_g(fake).item() == pytest.approx(0.5 / 3)
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_architecture_follows_the_issue():
+    import sngan
+    G, D = sngan.Generator(64, 128, 8), sngan.Discriminator(64, 8)
+    convs = [m for m in G.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 3  # 1x1 conv before the output
+    assert isinstance(G.out[-1], torch.nn.Tanh) and not any(hasattr(m, "u") for m in G.modules())
+    assert not any(isinstance(m, (torch.nn.AvgPool2d, torch.nn.MaxPool2d, torch.nn.BatchNorm2d)) for m in D.modules())
+    strided = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
+    assert len(strided) == 2 * 4  # 64 -> 4: four stride-2 residual branches and shortcuts
+    args = sngan.get_args([])
+    assert args.lr_d > args.lr_g  # TTUR
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_sampling_gifs(tmp_path, capsys):
+    mod, args = tiny_args("sngan", tmp_path, steps=2)
+    mod.train(args)
+    counts = {}
+    for flag in ("--walk", "--interp", "--truncation-sweep"):
+        capsys.readouterr()
+        mod.sample(mod.get_args(["--sample", str(tmp_path / "ckpt.pt"), "--n", "4", "--device", "cpu", flag]))
+        path = capsys.readouterr().out.strip().splitlines()[-1]
+        counts[flag] = Image.open(path).n_frames
+    assert counts == {"--walk": 64, "--interp": 64, "--truncation-sweep": 62}
+    with pytest.raises(mod.UserError, match="choose one"):
+        mod.sample(mod.get_args(["--sample", str(tmp_path / "ckpt.pt"), "--walk", "--interp"]))
 
 
 # --- common.py: reading images ------------------------------------------------------------------

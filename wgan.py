@@ -320,19 +320,22 @@ def log_line(rec):
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "out", "steps", "resume", "device", "compile",
-                            "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
 
 
 def start_or_resume(args):
-    """Refuse to overwrite a run; on --resume, take every other argument from the checkpoint."""
+    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint, except --out
+    and those in RESUME_FROM_COMMAND_LINE that the command line sets to other than their default
+    (so a plain --resume continues on the same data for the same number of steps)."""
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
             raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
         return args, None
     ckpt = load_checkpoint(path)
-    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in RESUME_FROM_COMMAND_LINE}
+    defaults = vars(get_args([]))
+    given = {k for k in RESUME_FROM_COMMAND_LINE if getattr(args, k) != defaults[k]} | {"out", "resume"}
+    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in given}
     return argparse.Namespace(**merged), ckpt
 
 
@@ -399,7 +402,6 @@ def train(args):
     if args.compile:
         G_train, D_train = torch.compile(G_train), torch.compile(D_train)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    beta = ema_beta(args.batch, args.ema_kimg)
     z_fixed = sample_z(64, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
     say(f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
@@ -455,7 +457,9 @@ def train(args):
             scaler_G.scale(loss_G).backward()
             scaler_G.step(opt_G)
             scaler_G.update()
-            update_ema(G_ema, G, beta)
+            # the half-life ramps up to --ema-kimg over the first 20x as many images (StyleGAN2-ADA's
+            # ema_rampup 0.05), so that early samples are not dominated by the initial weights
+            update_ema(G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000)))
             step += 1
             meter.add(loss_D=loss_D, loss_G=loss_G, **extra)
 
