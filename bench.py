@@ -93,10 +93,12 @@ def bench_model(model, args, extra, out):
     return row
 
 
-def loader_speed(data, res, batch, device, n_batches=50):
-    """img/s of common.Batches alone (decode cache already built), synchronised on CUDA."""
+def loader_speed(data, res, batch, device, n_batches=200):
+    """img/s of common.Batches alone (decode cache already built), synchronised on CUDA; the first
+    10 batches (page cache, allocator) are not timed."""
     batches = Batches(load_images(data, res, verbose=False), batch, device, seed=0)
-    next(batches)
+    for _ in range(10):
+        next(batches)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
     sync()
     t = time.perf_counter()
@@ -104,6 +106,10 @@ def loader_speed(data, res, batch, device, n_batches=50):
         x, _ = next(batches)
     sync()
     return n_batches * batch / (time.perf_counter() - t)
+
+
+def fmt_rate(v):
+    return f"{v:.2f}" if v < 10 else f"{v:.0f}"
 
 
 def fmt_params(n):
@@ -119,7 +125,7 @@ def markdown_table(rows, loader_img_s):
             cells = [r["model"], f"failed: {r['error']}"] + [""] * (len(COLUMNS) - 2)
         else:
             cells = [r["model"], fmt_params(r["G"]), fmt_params(r["D"]), str(r["res"]), str(r["batch"]),
-                     r["precision"] or "?", f"{r['ms_step']:.1f}", f"{r['img_s']:.0f}",
+                     r["precision"] or "?", f"{r['ms_step']:.1f}", fmt_rate(r["img_s"]),
                      "-" if r["mem_gb"] is None else f"{r['mem_gb']:.2f} GB", f"{loader_img_s:.0f}"]
         lines.append("| " + " | ".join(c.replace("|", "/") for c in cells) + " |")
     return "\n".join(lines)
@@ -156,7 +162,7 @@ def main(argv=None):
         for m in models:
             rows.append(bench_model(m, args, extra, os.path.join(tmp, m)))
             r = rows[-1]
-            print(f"{m}: " + (r["error"] if "error" in r else f"{r['ms_step']:.1f} ms/step, {r['img_s']:.0f} img/s"),
+            print(f"{m}: " + (r["error"] if "error" in r else f"{r['ms_step']:.1f} ms/step, {fmt_rate(r['img_s'])} img/s"),
                   flush=True)
     loader = loader_speed(args.data, args.res, args.batch, device)
     command = "python bench.py " + " ".join(argv)
