@@ -168,12 +168,18 @@ def test_bad_inputs_give_one_line_errors(model, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     (tmp_path / "notckpt.pt").write_bytes(b"not a checkpoint")
+    mod = importlib.import_module(model)
     cases = [(["--data", str(empty)], "no images"), (["--data", str(tmp_path / "missing")], "not found"),
-             (["--res", "48"], "resolution"), (["--sample", str(tmp_path / "notckpt.pt")], "not a readable")]
-    for argv, msg in cases:
-        r = run_cli(f"{model}.py", *argv, "--out", str(tmp_path / "o"), "--device", "cpu")
-        assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
-        assert r.stderr.strip().count("\n") == 0 and msg in r.stderr and r.stderr.startswith(f"{model}: error:")
+             (["--res", "48"], "resolution")]
+    for argv, msg in cases:  # in-process: the error each bad input raises
+        with pytest.raises(common.UserError, match=msg):
+            mod.train(mod.get_args([*argv, "--out", str(tmp_path / "o"), "--device", "cpu"]))
+    with pytest.raises(common.UserError, match="not a readable"):
+        mod.load_generator(str(tmp_path / "notckpt.pt"))
+    # and once through the command line: one line on stderr, exit status 1, no traceback
+    r = run_cli(f"{model}.py", "--data", str(empty), "--out", str(tmp_path / "o"), "--device", "cpu")
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith(f"{model}: error: no images")
 
 
 @pytest.mark.parametrize("model", MODELS)
