@@ -39,10 +39,12 @@ Not from the paper
   batch 32); widths --cbase 16384 --cmax 512 and lr 0.0025 are that config's too.
 - Noise inputs are random while training and fixed buffers in eval (official generate.py's
   'const'), so generate() is reproducible; generate() clamps to [-1, 1].
-- Reduced precision (bf16 autocast by default on CUDA) only in blocks at >= max(res/8, 8), the
-  official num_fp16_res = 4, with activations clamped to +-256; mapping, the 4x4 layers, R1 and
-  path length run in fp32, eager even under --compile. EMA ramp-up: half-life min(10 kimg,
-  0.05 * images seen), copies buffers (w_avg).
+- Reduced precision (bf16 autocast by default on CUDA) only in the convolutions and FIR filters
+  of blocks at >= max(res/8, 8) (the official num_fp16_res = 4), with the official clamp of
+  activations to +-256; styles, demodulation, the RGB skip image, mapping, the 4x4 layers, the
+  augmentation, R1 and path length run in fp32 (the last two eager even under --compile). Under
+  fp16 the modulated conv pre-normalises weights and styles so it cannot overflow (official).
+  EMA ramp-up: half-life min(10 kimg, 0.05 * images seen), copies buffers (w_avg).
 
 Usage
     python stylegan2_ada.py                                   # built-in toy faces, 64x64, conditional
@@ -199,15 +201,27 @@ class SynthesisLayer(nn.Module):
         self.register_buffer("fir", torch.tensor(FIR), persistent=False)
 
     def forward(self, x, w):
-        styles = self.affine(w) * self.s_gain  # (B, c_in)
+        dev = x.device.type
+        fp16 = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.float16
+        with torch.autocast(dev, enabled=False):  # styles and demodulation in fp32 (official)
+            styles = self.affine(w.float()) * self.s_gain  # (B, c_in)
+            weight = self.weight
+            if fp16 and self.demod:
+                # official pre-normalisation: max |s| = 1 and max |w| = 1/sqrt(fan-in) per output
+                # channel keep the fp16 conv below 65504; demodulation cancels the scale. Not for
+                # bf16, which has fp32's exponent range.
+                fan_in = weight[0].numel()
+                weight = weight / (math.sqrt(fan_in) * weight.abs().amax([1, 2, 3], keepdim=True))
+                styles = styles / styles.abs().amax(1, keepdim=True)
+            if self.demod:
+                d = (styles.square() @ weight.square().sum([2, 3]).t() + 1e-8).rsqrt()  # (B, c_out)
         x = x * styles[:, :, None, None]
         if self.up:  # transposed conv, then the [1,3,3,1] filter removes its aliasing (sec. 4.1)
-            x = F.conv_transpose2d(x, self.weight.transpose(0, 1), stride=2)  # (B, c_out, 2H+1, 2W+1)
+            x = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)  # (B, c_out, 2H+1, 2W+1)
             x = upfirdn2d(x, self.fir, pad=(1, 1), gain=4)
         else:
-            x = F.conv2d(x, self.weight, padding=self.k // 2)
+            x = F.conv2d(x, weight, padding=self.k // 2)
         if self.demod:
-            d = (styles.square() @ self.weight.square().sum([2, 3]).t() + 1e-8).rsqrt()  # (B, c_out)
             x = x * d[:, :, None, None]
         if self.noise_strength is not None:
             noise = (torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) if self.training
@@ -238,8 +252,11 @@ class SynthesisBlock(nn.Module):
             else:
                 x = self.conv0(x if self.amp else x.float(), ws[:, 0])
             x = self.conv1(x, ws[:, self.num_conv - 1])
-            y = self.torgb(x, ws[:, self.num_conv]).float()
-            return x, (y if img is None else upsample2d(img, self.fir) + y)
+            y = self.torgb(x, ws[:, self.num_conv])
+        # the running RGB image is upsampled and summed in fp32 in every block (official
+        # networks.py): only this block's toRGB output comes from reduced precision
+        with torch.autocast(ws.device.type, enabled=False):
+            return x, (y.float() if img is None else upsample2d(img, self.fir) + y.float())
 
 
 class Generator(nn.Module):
@@ -362,7 +379,15 @@ def augment(x, p):
     (log2 std 0.5), luma flip, hue rotation (any angle), saturation (log2 std 1), each applied to
     each image with probability p. Differentiable in x. The geometric ops are composed into one
     inverse matrix G_inv (output pixel -> input pixel) and applied once: reflection padding, 2x
-    upsampling with the sym6 wavelet filter, bilinear sampling, sym6 downsampling."""
+    upsampling with the sym6 wavelet filter, bilinear sampling, sym6 downsampling.
+    Always in fp32, also inside autocast (official: fp32): a bf16 sampling grid puts pixels up to
+    ~1 px off at 64x64 and ~9 px at 1024 (measured at p = 1). Returns x's dtype."""
+    with torch.autocast(x.device.type, enabled=False):
+        return augment_fp32(x.float(), p).to(x.dtype)
+
+
+def augment_fp32(x, p):
+    """The pipeline of augment() on an fp32 x, autocast off."""
     B, C, H, W = x.shape
     dev, ones, zeros = x.device, torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
 
@@ -406,7 +431,7 @@ def augment(x, p):
         shape = [B, C, (H + pad * 2) * 2, (W + pad * 2) * 2]
         G = scale2d(2 / y.shape[3] * ones, 2 / y.shape[2] * ones) @ G  # pixels -> [-1, 1] for affine_grid
         G = G @ scale2d(shape[3] / 2 * ones, shape[2] / 2 * ones)
-        grid = F.affine_grid(G[:, :2, :].to(y.dtype), shape, align_corners=False)
+        grid = F.affine_grid(G[:, :2, :], shape, align_corners=False)
         y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
         y = downsample2d(y, f.flip(0), crop=pad * 2)
         x = torch.where(moved[:, None, None, None], y, x)
@@ -426,7 +451,7 @@ def augment(x, p):
     M = sat @ hue @ luma * c[:, None, None]  # (B, 3, 3)
     coloured = (M @ (x.reshape(B, C, H * W) + b[:, None, None])).reshape(B, C, H, W)
     changed = (b != 0) | (c != 1) | (i != 0) | (theta.flatten() != 0) | (s != 1)
-    return torch.where(changed[:, None, None, None], coloured.to(x.dtype), x)
+    return torch.where(changed[:, None, None, None], coloured, x)
 
 
 def ada_update(p, r_t, n_img, target=0.6, ada_kimg=500):
@@ -571,30 +596,60 @@ def style_mixing_grid(G, n, seed=0, truncation=None, coarse=4):
 
 # --- training skeleton --------------------------------------------------------------------------
 
+def is_cuda(device):
+    """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
+    return device.type == "cuda"
+
+
 def setup_device(name):
-    """--device auto -> cuda, else mps, else cpu. Under torchrun, also start DDP.
-    Returns (device, rank, world_size)."""
+    """--device auto -> cuda, else mps, else cpu. `cuda` is this process's GPU: cuda:LOCAL_RANK
+    under torchrun, else cuda:0. Under torchrun, also start DDP. Returns (device, rank, world_size)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
-        if world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+        if world > 1 and device.index not in (None, local_rank):
+            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+        index = local_rank if world > 1 else device.index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return device, rank, world
 
 
 def setup_precision(name, device):
     """auto -> bf16 autocast on CUDA where supported, else fp32. Returns (name, autocast dtype)."""
     if name == "auto":
-        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        name = "bf16" if is_cuda(device) and torch.cuda.is_bf16_supported() else "fp32"
     return name, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def memory_format(device):
+    """channels_last on CUDA (faster convolutions with tensor cores), the default layout elsewhere."""
+    return torch.channels_last if is_cuda(device) else torch.contiguous_format
+
+
+def peak_memory_gb(device):
+    """Peak GPU memory allocated so far, in GiB; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if is_cuda(device) else None
 
 
 def any_rank(flag, device):
@@ -609,7 +664,7 @@ def any_rank(flag, device):
 def rng_states(device):
     """This process's RNG states, gathered from every rank (index = rank)."""
     state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
+    if is_cuda(device):
         state["cuda"] = torch.cuda.get_rng_state(device)
     if not dist.is_initialized():
         return [state]
@@ -623,7 +678,7 @@ def set_rng_states(states, rank, device):
         print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
-    if device.type == "cuda" and "cuda" in states[rank]:
+    if is_cuda(device) and "cuda" in states[rank]:
         torch.cuda.set_rng_state(states[rank]["cuda"].cpu(), device)
 
 
@@ -667,7 +722,7 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if "mem_gb" in rec else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
@@ -676,19 +731,28 @@ RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "
 
 
 def start_or_resume(args):
-    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint, except --out
-    and those in RESUME_FROM_COMMAND_LINE that the command line sets to other than their default
-    (so a plain --resume continues on the same data for the same number of steps)."""
+    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint except --out
+    and those in RESUME_FROM_COMMAND_LINE typed on the command line; typing any other argument with
+    a value other than the run's is an error (a plain --resume continues the same run)."""
+    typed = set(vars(args).pop("typed", ())) - {"out", "resume"}
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
             raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
         return args, None
     ckpt = load_checkpoint(path)
-    defaults = vars(get_args([]))
-    given = {k for k in RESUME_FROM_COMMAND_LINE if getattr(args, k) != defaults[k]} | {"out", "resume"}
-    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in given}
-    return argparse.Namespace(**merged), ckpt
+    saved = ckpt["args"]
+    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    if fixed:
+        k = fixed[0]
+        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+    kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
+    if int(os.environ.get("RANK", 0)) == 0:
+        given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
+        print(f"resume: from the command line: {given}; from the checkpoint: "
+              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+    return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
 class StopFlag:
@@ -711,6 +775,39 @@ class StopFlag:
     def restore(self):
         for s, h in self.old.items():
             signal.signal(s, h)
+
+
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def parse_args(parser, argv=None):
+    """Parse argv; a bad value exits with one line. args.typed lists the arguments written on the
+    command line (for --resume), whatever their value."""
+    parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
+    args = parser.parse_args(argv)
+    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
+    args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
+    return args
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -759,8 +856,8 @@ def train(args):
         step = ckpt["step"]
         set_rng_states(ckpt["rng"], rank, device)
         say(f"resuming {args.out}/ckpt.pt at step {step}/{args.steps}")
-    if device.type == "cuda":
-        G, D, G_ema = (m.to(memory_format=torch.channels_last) for m in (G, D, G_ema))
+    layout = memory_format(device)  # channels_last on CUDA
+    G, D, G_ema = (m.to(memory_format=layout) for m in (G, D, G_ema))
     G_train, D_train = G, D  # R1 and path length below always use the eager G and D
     if args.compile:
         G_train, D_train = torch.compile(G_train), torch.compile(D_train)
@@ -795,8 +892,7 @@ def train(args):
         while step < args.steps:
             x_real, y = next(batches)
             y = y if classes else None
-            if device.type == "cuda":
-                x_real = x_real.contiguous(memory_format=torch.channels_last)
+            x_real = x_real.contiguous(memory_format=layout)
             z = torch.randn(x_real.shape[0], args.z_dim, device=device)
             with torch.no_grad(), autocast:
                 x_fake = G_train(z, y, mix_prob=args.style_mixing)
@@ -856,8 +952,7 @@ def train(args):
                 rec.update(meter.means())
                 rec.update(r1=r1_last.item(), pl=pl_last.item(), pl_mean=pl_mean.item(), p=ada_p.item())
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
-                if device.type == "cuda":
-                    rec["mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                rec["mem_gb"] = peak_memory_gb(device)
                 rec["eta_s"] = (args.steps - step) * args.batch / max(rec["img_s"], 1e-9)
                 if rank == 0:
                     print(log_line(rec), flush=True)
@@ -917,8 +1012,8 @@ def get_args(argv=None):
     p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
     p.add_argument("--res", type=int, default=64, help="image resolution (power of two, 32 to 1024)")
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=int, default=60000, help="generator updates to train for (one D step each)")
-    p.add_argument("--batch", type=int, default=32, help="global batch, split across processes")
+    p.add_argument("--steps", type=positive_int, default=60000, help="generator updates to train for (one D step each)")
+    p.add_argument("--batch", type=positive_int, default=32, help="global batch, split across processes")
     p.add_argument("--lr-g", type=float, default=0.0025, help="generator Adam learning rate")
     p.add_argument("--lr-d", type=float, default=0.0025, help="discriminator Adam learning rate")
     p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images")
@@ -928,12 +1023,12 @@ def get_args(argv=None):
                    help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
-    p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
+    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
+    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
     p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
-    p.add_argument("--n", type=int, default=64, help="sampling mode: number of images (--mixing: sqrt(n) per side)")
+    p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images (--mixing: sqrt(n) per side)")
     p.add_argument("--truncation", type=float, default=None, help="truncation psi in W, e.g. 0.7 (sampling)")
     p.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N styles (default all)")
     p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
@@ -953,7 +1048,7 @@ def get_args(argv=None):
     p.add_argument("--ada-target", type=float, default=0.6, help="ADA target for r_t = E[sign(D(x_real))]")
     p.add_argument("--ada-kimg", type=float, default=500, help="ADA speed: thousands of images for p to go 0 -> 1")
     p.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life at most this fraction of images seen")
-    return p.parse_args(argv)
+    return parse_args(p, argv)
 
 
 if __name__ == "__main__":

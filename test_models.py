@@ -2,7 +2,9 @@
 
     python -m pytest -q test_models.py
 """
+import argparse
 import ast
+import copy
 import importlib
 import io
 import json
@@ -19,6 +21,7 @@ import zipfile
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -37,7 +40,8 @@ TINY = {"dcgan": ["--g-ch", "8", "--d-ch", "8"], "wgan": ["--g-ch", "8", "--d-ch
 # skeleton functions that must stay identical (same name, same body) in every model file
 SKELETON = ["ema_beta", "update_ema", "load_checkpoint", "setup_device", "setup_precision", "any_rank",
             "rng_states", "set_rng_states", "save_checkpoint", "finite", "Meter", "log_line",
-            "start_or_resume", "StopFlag"]
+            "start_or_resume", "StopFlag", "is_cuda", "memory_format", "peak_memory_gb", "positive_int",
+            "positive_float", "parse_args"]
 SHARED = os.path.join(HERE, "..", "shared")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -279,6 +283,366 @@ def test_log_line_grammar():
     line = mod.log_line({"step": 1200, "steps": 50000, "kimg": 76.8, "loss_D": 1.2134, "loss_G": 0.871,
                          "img_s": 512.3, "mem_gb": 1.93, "eta_s": 9660})
     assert line == "step 1200/50000 | kimg 76.8 | loss_D 1.213 | loss_G 0.871 | 512 img/s | 1.93 GB | eta 2h41m"
+
+
+# --- CUDA paths, faked on the CPU (the CI machine has no GPU) ----------------------------------
+
+class FakeCuda:
+    """torch.cuda as a machine with `count` GPUs answers it; records the calls the code makes."""
+
+    def __init__(self, monkeypatch, count=2):
+        self.calls, self.count = [], 0
+        for name, fn in [("is_available", lambda: True), ("device_count", lambda: count),
+                         ("set_device", lambda d: self.calls.append(("set_device", d))),
+                         ("is_bf16_supported", lambda including_emulation=True: True),
+                         ("get_rng_state", self.get_rng_state), ("set_rng_state", self.set_rng_state),
+                         ("max_memory_allocated", self.max_memory_allocated)]:
+            monkeypatch.setattr(torch.cuda, name, fn)
+        for name in ("benchmark", "allow_tf32"):  # restored after the test
+            monkeypatch.setattr(torch.backends.cudnn, name, False)
+
+    def get_rng_state(self, device="cuda"):
+        self.count += 1  # a different state each call, so a test can tell which one came back
+        self.calls.append(("get_rng_state", device))
+        return torch.tensor([7, self.count], dtype=torch.uint8)
+
+    def set_rng_state(self, state, device="cuda"):
+        self.calls.append(("set_rng_state", state.clone(), device))
+
+    def max_memory_allocated(self, device=None):
+        self.calls.append(("max_memory_allocated", device))
+        return 1.5 * 2**30
+
+    def named(self, name):
+        return [c[1:] for c in self.calls if c[0] == name]
+
+
+@pytest.fixture
+def fake_cuda(monkeypatch):
+    precision = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    yield FakeCuda(monkeypatch)
+    torch.set_float32_matmul_precision(precision)
+
+
+@pytest.mark.parametrize("name, index", [("auto", 0), ("cuda", 0), ("cuda:0", 0), ("cuda:1", 1)])
+def test_setup_device_on_one_gpu_sets_an_indexed_device_tf32_and_benchmark(name, index, fake_cuda):
+    mod = importlib.import_module(MODELS[0])  # the plumbing is the same in every file (test below)
+    device, rank, world = mod.setup_device(name)
+    assert device == torch.device("cuda", index) and (rank, world) == (0, 1)
+    assert fake_cuda.named("set_device") == [(torch.device("cuda", index),)]
+    assert torch.get_float32_matmul_precision() == "high"
+    assert torch.backends.cudnn.allow_tf32 and torch.backends.cudnn.benchmark
+
+
+def test_setup_device_under_torchrun_takes_local_rank_and_nccl(fake_cuda, monkeypatch):
+    mod = importlib.import_module(MODELS[0])
+    monkeypatch.setenv("RANK", "3")
+    monkeypatch.setenv("WORLD_SIZE", "4")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    inits = []
+    monkeypatch.setattr(mod.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(mod.dist, "init_process_group", lambda *a, **k: inits.append((a, k)))
+    assert mod.setup_device("cuda") == (torch.device("cuda", 1), 3, 4)
+    assert fake_cuda.named("set_device") == [(torch.device("cuda", 1),)]
+    assert inits == [(("nccl",), {"device_id": torch.device("cuda", 1)})]
+    with pytest.raises(common.UserError, match="under torchrun each process uses cuda:LOCAL_RANK"):
+        mod.setup_device("cuda:0")
+
+
+def test_absent_or_unknown_devices_are_one_line_errors(fake_cuda, monkeypatch):
+    mod = importlib.import_module(MODELS[0])
+    with pytest.raises(common.UserError, match="cuda:2 does not exist \\(2 GPU"):
+        mod.setup_device("cuda:2")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
+    for name, msg in [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "no MPS"),
+                      ("gpu", "unknown device")]:
+        with pytest.raises(common.UserError, match=msg):
+            mod.setup_device(name)
+    assert mod.setup_device("auto")[0] == torch.device("cpu")
+    assert fake_cuda.named("set_device") == []
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_training_and_resume_through_the_cuda_branches(model, tmp_path, fake_cuda, monkeypatch, capsys):
+    """`--device cuda` with torch.cuda faked: start-up takes the real CUDA branch of setup_device,
+    then the tensors stay on the CPU while every other CUDA-only line (bf16 by default, channels_last,
+    peak memory in the log line, the CUDA RNG state in the checkpoint and back) runs."""
+    mod = importlib.import_module(model)
+    real_setup_device = mod.setup_device
+
+    def setup_device_then_stay_on_the_cpu(name):
+        device, rank, world = real_setup_device(name)
+        assert device == torch.device("cuda", 0)
+        return torch.device("cpu"), rank, world
+
+    monkeypatch.setattr(mod, "setup_device", setup_device_then_stay_on_the_cpu)
+    monkeypatch.setattr(mod, "is_cuda", lambda device: True)
+    _, args = tiny_args(model, tmp_path, "--device", "cuda", "--precision", "auto", steps=2)
+    mod.train(args)
+    out = capsys.readouterr().out
+    assert "cpu bf16 | batch 8" in out and "| 1.50 GB | eta" in out
+    assert fake_cuda.named("set_device") == [(torch.device("cuda", 0),)]
+    assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
+    assert fake_cuda.named("max_memory_allocated") and all(
+        json.loads(line)["mem_gb"] == 1.5 for line in open(tmp_path / "log.jsonl"))
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    saved = ckpt["rng"][0]["cuda"]
+    assert len(ckpt["rng"]) == 1 and saved[0] == 7  # one rank, its CUDA state from get_rng_state
+
+    _, args = tiny_args(model, tmp_path, "--device", "cuda", "--precision", "auto", "--resume", steps=3)
+    mod.train(args)
+    restored = fake_cuda.named("set_rng_state")
+    assert len(restored) == 1 and torch.equal(restored[0][0], saved)
+    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 3
+
+
+def test_rng_states_are_restored_per_rank(fake_cuda, monkeypatch):
+    mod = importlib.import_module(MODELS[0])
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    states = [{"cpu": torch.get_rng_state(), "cuda": torch.tensor([r, 9], dtype=torch.uint8)}
+              for r in range(2)]
+    mod.set_rng_states(states, 1, torch.device("cuda", 1))
+    (state, device), = fake_cuda.named("set_rng_state")
+    assert torch.equal(state, states[1]["cuda"]) and device == torch.device("cuda", 1)
+
+
+# --- mixed precision: what the references keep in fp32 ---------------------------------------------------------
+
+def bf16(fn, *args, **kwargs):
+    """fn(*args) under CPU bf16 autocast, the way train() runs every forward at --precision bf16."""
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return fn(*args, **kwargs)
+
+
+@pytest.mark.parametrize("model", [m for m in ("sngan", "sagan", "biggan") if m in MODELS])
+def test_spectral_norm_power_iteration_is_fp32_inside_autocast(model, monkeypatch):
+    """u, v, sigma and W / sigma under bf16 autocast equal the fp32 ones bit for bit: a bf16
+    power iteration puts sigma off by up to ~0.5% on every D forward."""
+    mod = importlib.import_module(model)
+    torch.manual_seed(0)
+    conv = mod.SNConv2d(16, 32, 3, padding=1)
+    conv.weight.data.mul_(3)
+    sn = {"sngan": lambda m: mod.sn_weight(m),
+          "sagan": lambda m: m.sn(m.weight.flatten(1)),
+          "biggan": lambda m: m.sn_weight()}[model]
+    amp_seen, mv = [], torch.mv
+
+    def recorded_mv(*a):  # CPU autocast leaves mv alone (CUDA's does not): sagan must turn it off
+        amp_seen.append(torch.is_autocast_enabled("cpu"))
+        return mv(*a)
+
+    monkeypatch.setattr(torch, "mv", recorded_mv)
+    a, b = copy.deepcopy(conv).train(), copy.deepcopy(conv).train()
+    for _ in range(3):  # one power iteration per training-mode call
+        W_ref, W_amp = sn(a), bf16(sn, b)
+    assert W_amp.dtype == torch.float32 and torch.equal(W_amp, W_ref)
+    for name, buf in a.named_buffers():
+        assert torch.equal(dict(b.named_buffers())[name], buf), name  # u (and sagan's v)
+    assert not any(amp_seen)
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_attention_map_is_fp32_inside_autocast():
+    """The map's logits and softmax run in fp32 under autocast, as scaled_dot_product_attention
+    runs them inside forward, so the map is the one forward applies to v."""
+    import sagan
+    torch.manual_seed(0)
+    block = sagan.SelfAttention(16)
+    with torch.no_grad():
+        for _ in range(20):  # training forwards: power iterations bring each conv's sigma to 1
+            block(torch.randn(1, 16, 4, 4))
+    block.eval()
+    x = 3 * torch.randn(2, 16, 8, 8)  # eq. 1's unscaled dot products: logits up to ~50
+    beta = bf16(block.attention_map, x)
+    q, k, v = bf16(block.qkv, x)
+    o = bf16(F.scaled_dot_product_attention, q, k, v, scale=1.0)[:, 0]  # (B, N, C/8)
+    assert beta.dtype == torch.float32
+    assert torch.allclose(beta.sum(-1), torch.ones(2, 64), atol=1e-5)
+    err = ((beta @ v[:, 0].float() - o.float()).abs().max() / o.float().abs().max()).item()
+    assert err < 1e-2  # the kernel's bf16 output rounding (0.2%); a map from bf16 logits: 2%
+
+
+@pytest.mark.skipif("biggan" not in MODELS, reason="biggan.py absent")
+def test_biggan_ortho_penalty_is_fp32_inside_autocast():
+    import biggan
+    torch.manual_seed(0)
+    G = biggan.Generator(32, 120, 4, n_classes=3)
+    ref = biggan.ortho_penalty(G, 1e-4)
+    amp = bf16(biggan.ortho_penalty, G, 1e-4)
+    assert amp.dtype == torch.float32 and torch.equal(amp, ref)
+    grad_ref, = torch.autograd.grad(ref, G.linear.weight)
+    grad_amp, = torch.autograd.grad(amp, G.linear.weight)
+    assert torch.equal(grad_amp, grad_ref)
+
+
+@pytest.mark.skipif("biggan" not in MODELS, reason="biggan.py absent")
+def test_biggan_conditional_bn_statistics_are_fp32_inside_autocast():
+    """Batch mean and variance in fp32 from a bf16 input, as the author's manual_bn casts x to fp32:
+    with mean 3 and std 0.1, bf16 sums of x and x^2 would lose the variance altogether."""
+    import biggan
+    torch.manual_seed(0)
+    cbn = biggan.ConditionalBatchNorm2d(16, 10).train()
+    x = (3 + 0.1 * torch.randn(8, 16, 8, 8)).bfloat16()  # a conv's output under autocast
+    cond = torch.randn(8, 10)
+    a, b = copy.deepcopy(cbn), copy.deepcopy(cbn)
+    ref, amp = a(x.float(), cond), bf16(b, x, cond)
+    for name in ("running_mean", "running_var"):
+        buf_ref, buf_amp = getattr(a.bn, name), getattr(b.bn, name)
+        assert buf_amp.dtype == torch.float32
+        assert torch.allclose(buf_amp, buf_ref, rtol=1e-5, atol=0)
+    assert ((amp.float() - ref).abs().max() / ref.abs().max()).item() < 2e-2  # bf16 gain and output
+
+
+# train() casts D's logits to fp32 before every loss (under autocast most come out bf16)
+LOSSES = {"dcgan": ["loss_d", "loss_g"], "wgan": ["loss_d", "loss_g"], "cgan": ["loss_d", "loss_g"],
+          "sngan": ["hinge_loss_d", "hinge_loss_g"], "sagan": ["hinge_loss_d", "hinge_loss_g"],
+          "biggan": ["hinge_loss_d", "hinge_loss_g", "ortho_penalty"]}
+
+
+@pytest.mark.parametrize("model", [m for m in LOSSES if m in MODELS])
+def test_losses_see_fp32_logits_in_a_bf16_training_step(model, tmp_path, monkeypatch):
+    mod, args = tiny_args(model, tmp_path / "run", "--precision", "bf16", steps=1)
+    seen = []
+
+    def recorded(fn):
+        def wrapper(*a, **kw):
+            out = fn(*a, **kw)
+            seen.extend((fn.__name__, t.dtype) for t in [*a, out] if torch.is_tensor(t))
+            return out
+        return wrapper
+
+    for name in LOSSES[model]:
+        monkeypatch.setattr(mod, name, recorded(getattr(mod, name)))
+    mod.train(args)
+    assert {name for name, _ in seen} == set(LOSSES[model])
+    assert all(dtype == torch.float32 for _, dtype in seen), seen
+
+
+# tiny G and D at 32x32, built as train() builds them; attention at 16x16 in sagan and biggan
+TINY_NETS = {
+    "dcgan": lambda m: (m.Generator(32, 100, 8), m.Discriminator(32, 8)),
+    "wgan": lambda m: (m.Generator(32, 100, 8), m.Discriminator(32, 8)),
+    "cgan": lambda m: (m.Generator(32, 100, 8, n_classes=3), m.Discriminator(32, 8, n_classes=3)),
+    "sngan": lambda m: (m.Generator(32, 128, 8), m.Discriminator(32, 8)),
+    "sagan": lambda m: (m.Generator(32, 128, 8), m.Discriminator(32, 8)),
+    "biggan": lambda m: (m.Generator(32, 120, 4, n_classes=3, attn_res=16),
+                         m.Discriminator(32, 4, n_classes=3, attn_res=16)),
+}
+# max|bf16 - fp32| / max|fp32| over G's images and over D's logits, seed 0: 3x the error measured
+# on CPU (torch 2.13). Errors grow ~0.5% per layer; tanh makes the ResNet Gs' images the largest
+AMP_TOL = {"dcgan": (0.03, 0.02), "wgan": (0.03, 0.02), "cgan": (0.03, 0.02),
+           "sngan": (0.11, 0.03), "sagan": (0.05, 0.035), "biggan": (0.15, 0.02)}
+
+
+@pytest.mark.parametrize("model", [m for m in AMP_TOL if m in MODELS])
+def test_bf16_autocast_forward_of_g_and_d_matches_fp32(model):
+    mod = importlib.import_module(model)
+    torch.manual_seed(0)
+    G, D = TINY_NETS[model](mod)
+    for net in (G, D):
+        if hasattr(mod, "init_weights"):
+            net.apply(mod.init_weights)
+        for m in net.modules():
+            if type(m).__name__ == "SelfAttention":
+                m.gamma.data.fill_(1.0)  # gamma starts at 0: open the attention path
+    z, y = torch.randn(8, G.z_dim), torch.arange(8) % 3
+    cond = model in ("cgan", "biggan")
+
+    def forward(net, x, amp):  # train mode as in a training step; a copy, as SN moves u each time
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
+            return copy.deepcopy(net).train()(*((x, y) if cond else (x,))).float()
+
+    def rel_err(a, b):
+        return ((a - b).abs().max() / b.abs().max()).item()
+
+    x = forward(G, z, amp=False)
+    g_err = rel_err(forward(G, z, amp=True), x)
+    d_err = rel_err(forward(D, x, amp=True), forward(D, x, amp=False))
+    tol_G, tol_D = AMP_TOL[model]
+    assert 0 < g_err < tol_G and 0 < d_err < tol_D, f"G {g_err:.4f} D {d_err:.4f}"
+
+
+# --- every precision and compile mode trains, then resumes ---------------------------------------
+
+def train_straight_and_resumed(model, tmp_path, *mode):
+    """4 steps in one run, and 2 + 2 with --resume; returns both checkpoints."""
+    mod, args = tiny_args(model, tmp_path / "straight", *mode, steps=4)
+    mod.train(args)
+    mod, args = tiny_args(model, tmp_path / "resumed", *mode, steps=2)
+    mod.train(args)
+    mod.train(mod.get_args(["--out", str(tmp_path / "resumed"), "--resume", "--steps", "4"]))
+    load = lambda run: torch.load(tmp_path / run / "ckpt.pt", weights_only=True)  # noqa: E731
+    return load("straight"), load("resumed")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+@pytest.mark.parametrize("model", MODELS)
+def test_reduced_precision_trains_and_resumes_the_same_run(model, precision, tmp_path):
+    a, b = train_straight_and_resumed(model, tmp_path, "--precision", precision)
+    assert b["step"] == 4 and b["args"]["precision"] == precision
+    if precision == "fp16":  # the GradScaler's state travels with the checkpoint
+        assert b["scaler_G"]["scale"] > 0 and b["scaler_D"]["scale"] > 0
+    recs = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
+    assert [r["step"] for r in recs] == [2, 4]
+    assert all(math.isfinite(r["loss_D"]) and math.isfinite(r["loss_G"]) for r in recs)
+    for net in ("G", "D", "G_ema"):
+        for k in a[net]:
+            assert torch.equal(a[net][k], b[net][k]), f"{model} {precision} {net}.{k} differs"
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model", MODELS)
+def test_compile_trains_and_resumes(model, tmp_path):
+    """Compiled kernels are not bit-stable across compilations (torch.compile may recompile with
+    dynamic shapes after it has seen a second shape, in this process or another), so a resumed
+    compiled run is held to closeness with the straight one, not to equality."""
+    a, b = train_straight_and_resumed(model, tmp_path, "--compile")
+    assert b["step"] == 4 and b["args"]["compile"] is True
+    recs = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
+    assert [r["step"] for r in recs] == [2, 4] and all(math.isfinite(r["loss_G"]) for r in recs)
+    for net in ("G", "D", "G_ema"):
+        for k, v in a[net].items():
+            if v.is_floating_point():
+                assert (v - b[net][k]).abs().max() <= 1e-2, f"{model} compile {net}.{k} differs"
+
+
+# --- options at their edges, and what --resume takes from the command line ------------------------
+
+@pytest.mark.parametrize("model", MODELS)
+def test_sampling_options_at_their_edges_are_one_line_errors(model, capsys):
+    mod = importlib.import_module(model)
+    bad = [["--n", "0"], ["--n", "-2"], ["--steps", "0"], ["--batch", "-1"], ["--log-every", "0"]]
+    if model != "stylegan2_ada":  # a bound on |z| must be above 0 (psi in stylegan2_ada may be 0)
+        bad += [["--truncation", "0"], ["--truncation", "-0.5"], ["--truncation", "nan"]]
+    for argv in bad:
+        with pytest.raises(SystemExit) as e:
+            mod.get_args(argv)
+        assert str(e.value).startswith(f"{model}: error: argument {argv[0]}: must be"), argv
+        assert "\n" not in str(e.value)
+    r = run_cli(f"{model}.py", "--sample", "x.pt", "--n", "0")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_resume_honours_typed_flags_even_at_their_default(model, tmp_path, capsys):
+    mod, args = tiny_args(model, tmp_path, steps=2)
+    mod.train(args)
+    default_steps = mod.get_args([]).steps
+    capsys.readouterr()
+    args, ckpt = mod.start_or_resume(mod.get_args(["--out", str(tmp_path), "--resume",
+                                                   "--steps", str(default_steps)]))
+    assert args.steps == default_steps and ckpt["args"]["steps"] == 2 and args.batch == 8
+    said = capsys.readouterr().out
+    assert f"from the command line: steps={default_steps};" in said and "batch=8" in said
+    args, _ = mod.start_or_resume(mod.get_args(["--out", str(tmp_path), "--resume"]))
+    assert args.steps == 2 and args.data == "toy"  # a plain --resume continues the same run
+    with pytest.raises(common.UserError, match="--batch 16 differs from the run's 8"):
+        mod.start_or_resume(mod.get_args(["--out", str(tmp_path), "--resume", "--batch", "16"]))
 
 
 # --- DCGAN as the paper describes it ------------------------------------------------------------
@@ -601,6 +965,170 @@ def test_bench_runs_a_model_and_reports_its_parameters(capsys):
     assert row[1] == f"{n_g / 1e6:.2f}M" and row[3:6] == ["32", "8", "fp32"] and float(row[6]) > 0
     with pytest.raises(common.UserError, match="no model file"):
         bench.main(["nosuchmodel"])
+
+
+# --- bench.py: FLOPs and the GPU acceptance run -------------------------------------------------
+
+def test_bench_flop_counter_counts_double_backward_and_cpu_attention():
+    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(),
+                              torch.nn.Conv2d(4, 1, 3, padding=1))
+    x = torch.randn(2, 3, 8, 8, requires_grad=True)  # a leaf module input, as in R1 and the GP
+    with bench.FlopCounter() as plain:
+        net(x).sum().backward()
+    with bench.FlopCounter() as penalty:
+        grad, = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+        grad.square().sum().backward()
+    assert penalty.get_total_flops() > plain.get_total_flops() > 0
+    # attention counts as its matmuls on any kernel: 2 forward, 4 backward (the fused CPU kernel
+    # torch picks for these contiguous inputs, against the math path's bmm)
+    q, k, v = (torch.randn(2, 1, 64, 8, requires_grad=True) for _ in range(3))
+    with bench.FlopCounter() as fused:
+        F.scaled_dot_product_attention(q, k, v, scale=1.0).sum().backward()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    with sdpa_kernel(SDPBackend.MATH), bench.FlopCounter() as math_path:
+        F.scaled_dot_product_attention(q, k, v, scale=1.0).sum().backward()
+    assert fused.get_total_flops() == math_path.get_total_flops() == 6 * (2 * 2 * 64 * 64 * 8)
+
+
+def test_bench_flops_separates_one_off_per_step_and_per_image_work(monkeypatch):
+    # F(b, n) = one-off + n * (per step + per image * b): what flops_row takes apart
+    monkeypatch.setattr(bench, "count_flops", lambda model, flags, args, batch, steps:
+                        7e9 + steps * (3e9 + 2e9 * batch))
+    args = argparse.Namespace(data="toy", res=32, batch=64, device="cpu", flop_batches=[2, 4])
+    r = bench.flops_row("dcgan", [], args)
+    assert r["gflop_per_image"] == pytest.approx(2) and r["gflop_per_step"] == pytest.approx(3)
+    assert r["gflops_img"] == pytest.approx(2 + 3 / 64) and r["steps_counted"] == 1
+    assert r["gflops_img_at"] == {"2": pytest.approx(2 + 3 / 2), "4": pytest.approx(2 + 3 / 4)}
+    assert bench.gflops_at(r, 8) == pytest.approx(2 + 3 / 8)
+    lines = bench.flops_table([r, {"model": "wgan", "flags": "", "error": "boom"}], [2, 4])
+    assert lines.splitlines()[2] == "| dcgan |  | 32 | 64 | 2.047 | 3.5 | 2.75 | 3 | 1 |"
+    assert lines.splitlines()[3].startswith("| wgan |  | failed: boom |")
+    if "stylegan2_ada" in MODELS:  # a count must span whole cycles of its lazy regularisation
+        import stylegan2_ada
+        n = bench.flops_row("stylegan2_ada", [], args)["steps_counted"]
+        assert n % stylegan2_ada.R1_INTERVAL == 0 and n % stylegan2_ada.PL_INTERVAL == 0
+
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_bench_flops_counts_exactly_one_training_step(tmp_path, capsys):
+    path = tmp_path / "flops.json"
+    assert bench.main(["--flops", "dcgan", "--res", "32", "--json", str(path), "--",
+                       *TINY["dcgan"]]) == 0
+    assert "| dcgan | --g-ch 8 --d-ch 8 | 32 | 64 |" in capsys.readouterr().out
+    row = json.loads(path.read_text())["rows"][0]
+    # the same step by hand: D on reals and detached fakes, then G through D (train()'s order)
+    import dcgan
+    G, D = dcgan.Generator(32, 100, 8), dcgan.Discriminator(32, 8)
+    z, x_real = torch.randn(2, 100), torch.rand(2, 3, 32, 32) * 2 - 1
+    with bench.FlopCounter() as step:
+        x_fake = G(z)
+        (D(x_real).sum() + D(x_fake.detach()).sum()).backward()
+        D(x_fake).sum().backward()
+    assert row["gflops_img_at"]["2"] * 2e9 == pytest.approx(step.get_total_flops(), rel=1e-9)
+    assert row["gflop_per_step"] == pytest.approx(0, abs=1e-9)  # convolutions only: per image
+    assert row["gflops_img"] == pytest.approx(step.get_total_flops() / 2e9, rel=1e-9)
+
+
+@pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
+def test_bench_flops_include_the_gradient_penalty():
+    args = argparse.Namespace(data="toy", res=32, batch=64, device="cpu", flop_batches=[2, 4])
+    tiny = [*TINY["wgan"], "--n-critic", "1"]
+    gp = bench.flops_row("wgan", [*tiny, "--constraint", "gp"], args)
+    clip = bench.flops_row("wgan", [*tiny, "--constraint", "clip"], args)
+    assert "error" not in gp and "error" not in clip
+    assert gp["gflops_img_at"]["2"] == pytest.approx(gp["gflops_img_at"]["4"], rel=1e-9)
+    # the difference is one penalty per critic step: its critic forward on x_hat, the gradient at
+    # x_hat and the double backward into the weights, more than a plain forward and backward
+    import wgan
+    D = wgan.Discriminator(32, 8)
+    x_real, x_fake = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
+    with bench.FlopCounter() as penalty:
+        wgan.gradient_penalty(D, x_real, x_fake).backward()
+    with bench.FlopCounter() as plain:
+        D(x_fake.requires_grad_(True)).sum().backward()
+    assert (gp["gflops_img"] - clip["gflops_img"]) * 2e9 == pytest.approx(
+        penalty.get_total_flops(), rel=1e-9)
+    assert penalty.get_total_flops() > plain.get_total_flops()
+
+
+def test_bench_refuses_a_device_this_machine_lacks(monkeypatch):
+    if not torch.cuda.is_available():
+        r = run_cli("bench.py", "--acceptance")
+        assert r.returncode == 1 and r.stderr.strip().splitlines() == [
+            "bench: error: --device cuda: this machine has no CUDA GPU (torch.cuda.is_available() "
+            "is False)"]
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for argv in (["--acceptance"], ["--device", "cuda:0"], ["--flops", "--device", "cuda"]):
+        with pytest.raises(common.UserError, match="no CUDA GPU"):
+            bench.main(argv)
+    with pytest.raises(common.UserError, match="unknown device"):
+        bench.main(["dcgan", "--device", "foo"])
+    with pytest.raises(common.UserError, match="--modes bf17"):
+        bench.main(["--acceptance", "--device", "cpu", "--modes", "fp32", "bf17"])
+
+
+def test_bench_acceptance_table():
+    rows = [{"model": "dcgan", "G": 3.576e6, "D": 2.766e6, "res": 64, "batch": 64,
+             "precision": "bf16", "compile": True, "ms_step": 10.0, "img_s": 6400.0,
+             "mem_gb": 1.5, "gflops_img": 2.482, "tflop_s": 2.482 * 6400 / 1000},
+            {"model": "wgan", "res": 64, "batch": 64, "error": "bf16+compile: exit 1: boom"}]
+    lines = bench.markdown_table(rows, columns=bench.ACCEPTANCE_COLUMNS).splitlines()
+    assert lines[0] == ("| model | G params | D params | res | batch | precision | ms/step | img/s "
+                        "| peak mem | GFLOPs/img | TFLOP/s |")
+    assert lines[2] == ("| dcgan | 3.58M | 2.77M | 64 | 64 | bf16+compile | 10.0 | 6400 | 1.50 GB "
+                        "| 2.482 | 15.9 |")
+    assert lines[3].startswith("| wgan | failed: bf16+compile: exit 1: boom |")
+    assert all(line.count("|") == len(bench.ACCEPTANCE_COLUMNS) + 1 for line in lines)
+
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_bench_acceptance_runs_on_the_cpu(tmp_path, capsys):
+    flops = tmp_path / "flops.json"  # as written by --flops --json, read instead of counting
+    flops.write_text(json.dumps({"res": 32, "extra": TINY["dcgan"], "rows": [
+        {"model": "dcgan", "gflop_per_image": 0.5, "gflop_per_step": 8.0}]}))
+    path = tmp_path / "acceptance.json"
+    argv = ["--acceptance", "dcgan", "--device", "cpu", "--res", "32", "--batch", "8",
+            "--steps", "4", "--log-every", "2", "--modes", "bf16",
+            "--flops-from", str(flops), "--json", str(path), "--", *TINY["dcgan"]]
+    assert bench.main(argv) == 0
+    out = capsys.readouterr().out
+    table = [line.strip("| ").split(" | ") for line in out.splitlines()
+             if line.startswith("| dcgan |")]
+    assert [cells[5] for cells in table] == ["bf16"]
+    saved = json.loads(path.read_text())
+    for r in saved["rows"]:
+        assert r["gflops_img"] == pytest.approx(0.5 + 8.0 / 8)  # at this run's batch
+        assert r["tflop_s"] == pytest.approx(r["gflops_img"] * r["img_s"] / 1000)
+    assert [c["ok"] for c in saved["checks"]] == [True, True]
+    assert "PASS torchrun --nproc_per_node=1 dcgan.py --steps 2: exit 0, ckpt.pt at step 2" in out
+    assert ("PASS torchrun --nproc_per_node=1 dcgan.py --resume --steps 4: exit 0, ckpt.pt at "
+            "step 4") in out
+    with pytest.raises(common.UserError, match="counted at --res 32"):  # before anything runs
+        bench.main(["--acceptance", "dcgan", "--device", "cpu", "--flops-from", str(flops)])
+
+
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_bench_torchrun_check_reports_a_failed_run(tmp_path):
+    args = argparse.Namespace(data=str(tmp_path / "no_such_data"), res=32, batch=8, device="cpu",
+                              log_every=2)
+    checks = bench.torchrun_and_resume("dcgan", args, TINY["dcgan"], str(tmp_path / "run"))
+    assert [c["ok"] for c in checks] == [False, False]
+    assert all(c["detail"].startswith("exit ") for c in checks)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
+def test_bench_acceptance_default_modes_and_flop_count_on_the_cpu(tmp_path, capsys):
+    rc = bench.main(["--acceptance", "dcgan", "--device", "cpu", "--res", "32", "--batch", "8",
+                     "--steps", "4", "--log-every", "2", "--", *TINY["dcgan"]])
+    out = capsys.readouterr().out
+    assert rc == 0
+    table = [line.strip("| ").split(" | ") for line in out.splitlines()
+             if line.startswith("| dcgan |")]
+    assert [cells[5] for cells in table] == ["fp32", "bf16", "bf16+compile"]
+    for cells in table:  # GFLOPs/img counted in this run; TFLOP/s = GFLOPs/img * img/s / 1000
+        assert float(cells[9]) > 0
+        assert float(cells[10]) == pytest.approx(float(cells[9]) * float(cells[7]) / 1000, rel=0.05)
 
 
 # --- conditional GAN ----------------------------------------------------------------------------
@@ -994,6 +1522,82 @@ def test_stylegan2_resume_restores_p_and_path_length_mean(tmp_path):
     assert after["G_ema"]["mapping.w_avg"].abs().sum() > 0
 
 
+@needs_sg2
+def test_stylegan2_augment_is_fp32_inside_autocast():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 64, 64) * 2 - 1
+    torch.manual_seed(1)
+    ref = sg.augment(x, torch.tensor(1.0))
+    for dtype in (torch.bfloat16, torch.float16):
+        torch.manual_seed(1)
+        with torch.autocast("cpu", dtype=dtype):
+            out = sg.augment(x, torch.tensor(1.0))
+        # a bf16 sampling grid would put pixels up to ~1 px off: |diff| up to 2.5 on this noise
+        assert out.dtype == torch.float32 and (out - ref).abs().max() <= 1e-6
+    x16 = x.to(torch.bfloat16)  # the caller's dtype comes back; the pipeline itself ran in fp32
+    torch.manual_seed(1)
+    assert sg.augment(x16, torch.tensor(1.0)).dtype == torch.bfloat16
+
+
+@needs_sg2
+def test_stylegan2_rgb_skip_image_is_summed_in_fp32_under_autocast():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    G = sg.Generator(32, z_dim=32, w_dim=32, cbase=256, cmax=16, map_layers=2).eval()
+    seen = []
+    for b in G.blocks:
+        b.torgb.register_forward_hook(lambda m, inp, out: seen.append(out))
+        b.register_forward_hook(lambda m, inp, out: seen.append((m, inp[1], out[1])))
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        G(torch.randn(4, 32))
+    checked = 0
+    for y, (block, img_in, img_out) in zip(seen[0::2], seen[1::2]):
+        assert img_out.dtype == torch.float32
+        if img_in is not None and block.amp:  # a reduced-precision block adds to an fp32 image
+            want = sg.upsample2d(img_in, block.fir) + y.float()  # fp32, autocast off
+            assert (img_out - want).abs().max() <= 1e-6  # a bf16 upsample is off by ~1e-2
+            checked += 1
+    assert checked == 3  # blocks 8, 16 and 32 run under autocast (>= max(res / 8, 8))
+
+
+@needs_sg2
+def test_stylegan2_fp16_modulated_conv_is_prenormalised_against_overflow():
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    layer = sg.SynthesisLayer(64, 64, w_dim=8, res=8, noise=False).eval()
+    layer.affine.bias.data.fill_(1000.0)  # styles ~1000 on inputs ~100: x * s alone is > 65504
+    x, w = 100 * torch.randn(2, 64, 8, 8), torch.randn(2, 8)
+    with torch.no_grad():
+        ref = layer(x, w)
+        with torch.autocast("cpu", dtype=torch.float16):
+            out = layer(x, w)
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # fp32's range: not pre-normalised
+            out_bf16 = layer(x, w)
+    assert out.isfinite().all()  # without pre-normalisation: inf/nan
+    assert (out.float() - ref).abs().max() <= 2e-3 * ref.abs().max()
+    assert (out_bf16.float() - ref).abs().max() <= 2e-2 * ref.abs().max()
+
+
+@needs_sg2
+@pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.03), (torch.float16, 0.005)])
+def test_stylegan2_autocast_forward_of_g_and_d_matches_fp32(dtype, tol):
+    import stylegan2_ada as sg
+    torch.manual_seed(0)
+    G = sg.Generator(32, z_dim=32, w_dim=32, classes=3, cbase=256, cmax=16, map_layers=2).eval()
+    D = sg.Discriminator(32, classes=3, cbase=256, cmax=16, map_layers=2).eval()
+    z, y = torch.randn(4, 32), torch.arange(4) % 3
+    with torch.no_grad():
+        img = G(z, y)
+        logits = D(img, y)
+        with torch.autocast("cpu", dtype=dtype):
+            img_amp, logits_amp = G(z, y), D(img, y)
+    # tolerance relative to the largest value: bf16 keeps 8 bits of mantissa (~0.4%), fp16 11
+    assert img_amp.dtype == logits_amp.dtype == torch.float32  # the skip image and D's epilogue
+    assert (img_amp - img).abs().max() <= tol * img.abs().max()
+    assert (logits_amp - logits).abs().max() <= tol * logits.abs().max()
+
+
 # --- BigGAN as the paper describes it -----------------------------------------------------------
 
 
@@ -1115,9 +1719,9 @@ def test_biggan_single_class_data_trains_with_one_embedding(tmp_path, capsys):
     from PIL import Image
     for i in range(16):
         Image.new("RGB", (32, 32), (i * 15, 100, 200)).save(tmp_path / f"{i}.png")
-    args = biggan.get_args(["--data", str(tmp_path), "--res", "32", "--batch", "4", "--steps", "0",
+    args = biggan.get_args(["--data", str(tmp_path), "--res", "32", "--batch", "4", "--steps", "1",
                             "--out", str(tmp_path / "run"), "--device", "cpu", "--g-ch", "4", "--d-ch", "4"])
-    G_ema = biggan.train(args)  # builds the models and returns before any step
+    G_ema = biggan.train(args)
     assert "one class: G and D train with a single class embedding" in capsys.readouterr().out
     assert G_ema.shared.weight.shape[0] == 1
     D = biggan.Discriminator(32, 4, n_classes=1)

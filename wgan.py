@@ -219,30 +219,60 @@ def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16):
 
 # --- training skeleton --------------------------------------------------------------------------
 
+def is_cuda(device):
+    """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
+    return device.type == "cuda"
+
+
 def setup_device(name):
-    """--device auto -> cuda, else mps, else cpu. Under torchrun, also start DDP.
-    Returns (device, rank, world_size)."""
+    """--device auto -> cuda, else mps, else cpu. `cuda` is this process's GPU: cuda:LOCAL_RANK
+    under torchrun, else cuda:0. Under torchrun, also start DDP. Returns (device, rank, world_size)."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
-        if world > 1:
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+        if not torch.cuda.is_available():
+            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+        if world > 1 and device.index not in (None, local_rank):
+            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+        index = local_rank if world > 1 else device.index or 0
+        if index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+        device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True
-        torch.backends.cudnn.benchmark = True
+        torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     if world > 1 and not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        if device.type == "cuda":
+            dist.init_process_group("nccl", device_id=device)
+        else:
+            dist.init_process_group("gloo")
     return device, rank, world
 
 
 def setup_precision(name, device):
     """auto -> bf16 autocast on CUDA where supported, else fp32. Returns (name, autocast dtype)."""
     if name == "auto":
-        name = "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "fp32"
+        name = "bf16" if is_cuda(device) and torch.cuda.is_bf16_supported() else "fp32"
     return name, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+
+
+def memory_format(device):
+    """channels_last on CUDA (faster convolutions with tensor cores), the default layout elsewhere."""
+    return torch.channels_last if is_cuda(device) else torch.contiguous_format
+
+
+def peak_memory_gb(device):
+    """Peak GPU memory allocated so far, in GiB; None off CUDA."""
+    return torch.cuda.max_memory_allocated(device) / 2**30 if is_cuda(device) else None
 
 
 def any_rank(flag, device):
@@ -257,7 +287,7 @@ def any_rank(flag, device):
 def rng_states(device):
     """This process's RNG states, gathered from every rank (index = rank)."""
     state = {"cpu": torch.get_rng_state()}
-    if device.type == "cuda":
+    if is_cuda(device):
         state["cuda"] = torch.cuda.get_rng_state(device)
     if not dist.is_initialized():
         return [state]
@@ -271,7 +301,7 @@ def set_rng_states(states, rank, device):
         print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
-    if device.type == "cuda" and "cuda" in states[rank]:
+    if is_cuda(device) and "cuda" in states[rank]:
         torch.cuda.set_rng_state(states[rank]["cuda"].cpu(), device)
 
 
@@ -315,7 +345,7 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if "mem_gb" in rec else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
@@ -324,19 +354,28 @@ RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "
 
 
 def start_or_resume(args):
-    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint, except --out
-    and those in RESUME_FROM_COMMAND_LINE that the command line sets to other than their default
-    (so a plain --resume continues on the same data for the same number of steps)."""
+    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint except --out
+    and those in RESUME_FROM_COMMAND_LINE typed on the command line; typing any other argument with
+    a value other than the run's is an error (a plain --resume continues the same run)."""
+    typed = set(vars(args).pop("typed", ())) - {"out", "resume"}
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
             raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
         return args, None
     ckpt = load_checkpoint(path)
-    defaults = vars(get_args([]))
-    given = {k for k in RESUME_FROM_COMMAND_LINE if getattr(args, k) != defaults[k]} | {"out", "resume"}
-    merged = vars(args) | {k: v for k, v in ckpt["args"].items() if k not in given}
-    return argparse.Namespace(**merged), ckpt
+    saved = ckpt["args"]
+    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    if fixed:
+        k = fixed[0]
+        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+    kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
+    if int(os.environ.get("RANK", 0)) == 0:
+        given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
+        print(f"resume: from the command line: {given}; from the checkpoint: "
+              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+    return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
 class StopFlag:
@@ -359,6 +398,39 @@ class StopFlag:
     def restore(self):
         for s, h in self.old.items():
             signal.signal(s, h)
+
+
+def positive_int(text):
+    """argparse type: an integer > 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
+    return value
+
+
+def positive_float(text):
+    """argparse type: a finite number > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
+    return value
+
+
+def parse_args(parser, argv=None):
+    """Parse argv; a bad value exits with one line. args.typed lists the arguments written on the
+    command line (for --resume), whatever their value."""
+    parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
+    args = parser.parse_args(argv)
+    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
+    args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
+    return args
 
 
 # --- training -----------------------------------------------------------------------------------
@@ -396,8 +468,8 @@ def train(args):
         step = ckpt["step"]
         set_rng_states(ckpt["rng"], rank, device)
         say(f"resuming {args.out}/ckpt.pt at step {step}/{args.steps}")
-    if device.type == "cuda":
-        G, D, G_ema = (m.to(memory_format=torch.channels_last) for m in (G, D, G_ema))
+    layout = memory_format(device)  # channels_last on CUDA
+    G, D, G_ema = (m.to(memory_format=layout) for m in (G, D, G_ema))
     G_train, D_train = (DDP(G), DDP(D)) if world > 1 else (G, D)
     if args.compile:
         G_train, D_train = torch.compile(G_train), torch.compile(D_train)
@@ -429,8 +501,7 @@ def train(args):
         while step < args.steps:
             for _ in range(args.n_critic):
                 x_real, _ = next(batches)
-                if device.type == "cuda":
-                    x_real = x_real.contiguous(memory_format=torch.channels_last)
+                x_real = x_real.contiguous(memory_format=layout)
                 z = torch.randn(x_real.shape[0], args.z_dim, device=device)
                 with torch.no_grad(), autocast:
                     x_fake = G_train(z)
@@ -468,8 +539,7 @@ def train(args):
                 dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
                 rec.update(meter.means())
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
-                if device.type == "cuda":
-                    rec["mem_gb"] = torch.cuda.max_memory_allocated(device) / 2**30
+                rec["mem_gb"] = peak_memory_gb(device)
                 rec["eta_s"] = (args.steps - step) * args.batch / max(rec["img_s"], 1e-9)
                 if rank == 0:
                     print(log_line(rec), flush=True)
@@ -522,8 +592,8 @@ def get_args(argv=None):
     p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
     p.add_argument("--res", type=int, default=64, help="image resolution (power of two, >= 32)")
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=int, default=20000, help="generator updates to train for")
-    p.add_argument("--batch", type=int, default=64, help="global batch, split across processes")
+    p.add_argument("--steps", type=positive_int, default=20000, help="generator updates to train for")
+    p.add_argument("--batch", type=positive_int, default=64, help="global batch, split across processes")
     p.add_argument("--lr-g", type=float, default=None, help="generator learning rate; unset: 1e-4 (gp, Adam) "
                    "or 5e-5 (clip, RMSprop)")
     p.add_argument("--lr-d", type=float, default=None, help="critic learning rate; unset: as --lr-g")
@@ -534,13 +604,13 @@ def get_args(argv=None):
                    help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
-    p.add_argument("--log-every", type=int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=int, default=1000, help="steps between checkpoints")
+    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
+    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
+    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
     p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
     p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
-    p.add_argument("--n", type=int, default=64, help="sampling mode: number of images")
-    p.add_argument("--truncation", type=float, default=None, help="redraw z entries beyond |T| (sampling)")
+    p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images")
+    p.add_argument("--truncation", type=positive_float, default=None, help="redraw z entries beyond |T| (sampling)")
     p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
     p.add_argument("--z-dim", type=int, default=100, help="latent size (DCGAN's 100, as in the WGAN code)")
     p.add_argument("--g-ch", type=int, default=64, help="G width: channels of the last hidden layer")
@@ -550,7 +620,7 @@ def get_args(argv=None):
     p.add_argument("--n-critic", type=int, default=5, help="critic updates per generator update (n_critic)")
     p.add_argument("--gp-lambda", type=float, default=10.0, help="gradient-penalty weight (WGAN-GP's lambda)")
     p.add_argument("--clip", type=float, default=0.01, help="weight-clipping bound (WGAN's c), with --constraint clip")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     lr = {"gp": 1e-4, "clip": 5e-5}[args.constraint]
     args.lr_g, args.lr_d = args.lr_g or lr, args.lr_d or lr
     return args
