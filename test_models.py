@@ -4,6 +4,7 @@
 """
 import argparse
 import ast
+import hashlib
 import copy
 import importlib
 import io
@@ -41,7 +42,7 @@ TINY = {"dcgan": ["--g-ch", "8", "--d-ch", "8"], "wgan": ["--g-ch", "8", "--d-ch
 SKELETON = ["ema_beta", "update_ema", "load_checkpoint", "setup_device", "setup_precision", "any_rank",
             "rng_states", "set_rng_states", "save_checkpoint", "finite", "Meter", "log_line",
             "start_or_resume", "StopFlag", "is_cuda", "memory_format", "peak_memory_gb", "positive_int",
-            "positive_float", "parse_args"]
+            "positive_float", "parse_args", "sample_due"]
 SHARED = os.path.join(HERE, "..", "shared")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -257,6 +258,47 @@ def test_every_model_has_the_shared_flags():
         assert all(f'"{flag}"' in text or flag == "--no-flip" for flag in shared), m
 
 
+
+# --- refactor guard: the recipes stay as they are -------------------------------------------------
+
+# sha256 (first 16 hex digits) of G, D and G_ema after the 4-step tiny run of tiny_args, on one CPU
+# thread (the thread count changes float summation order), torch 2.13.0+cpu. Recorded before the
+# reader-first refactor; a change that should not alter training must leave every digest as it is.
+GUARD_TORCH = "2.13.0+cpu"
+GUARD = {
+    "dcgan": ("77068afc4f4a33e2", "986c4c45c19c8f9b", "ece1c8cd1edceacf"),
+    "wgan": ("6a3c0478345dfd2b", "1ee3bf87f56693b1", "5a317e4c3c92722d"),
+    "cgan": ("10ffb0883a246265", "c5d1f83c4b676086", "6651e901acaf2081"),
+    "sngan": ("075547f5a699e228", "6a6a327afe3676a2", "6934a229213b4ddf"),
+    "sagan": ("e668b1164e7dc866", "6bfc91b9c201a3cb", "f7ce98fdddb2ca8a"),
+    "biggan": ("39b955934a8ceb13", "728e78907c3db232", "39b955934a8ceb13"),
+    "stylegan2_ada": ("705586cc6d0eb296", "d7dd9b8278d1f4ac", "84bac43a68b68e1b"),
+}
+
+
+def weights_digest(state):
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.mark.skipif(torch.__version__ != GUARD_TORCH, reason=f"digests recorded with torch {GUARD_TORCH}")
+@pytest.mark.parametrize("model", MODELS)
+def test_refactor_guard_training_gives_the_recorded_weights(model, tmp_path):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mod, args = tiny_args(model, tmp_path)
+        mod.train(args)
+    finally:
+        torch.set_num_threads(threads)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    got = tuple(weights_digest(ckpt[net]) for net in ("G", "D", "G_ema"))
+    assert got == GUARD[model], f"{model}: training changed (G, D, G_ema digests {got})"
+
+
 # --- skeleton invariants ------------------------------------------------------------------------
 
 def test_ema_beta_has_the_requested_half_life():
@@ -277,6 +319,12 @@ def test_update_ema_averages_parameters_and_copies_buffers():
     assert torch.allclose(G_ema[0].weight, 0.9 * w0 + 0.1 * w1)
     assert torch.equal(G_ema[1].running_mean, G[1].running_mean) and G_ema[1].num_batches_tracked == 7
 
+
+def test_first_grids_come_early_then_every_sample_every():
+    mod = importlib.import_module(MODELS[0])
+    args = mod.get_args(["--log-every", "50", "--sample-every", "1000", "--steps", "2500"])
+    due = [s for s in range(1, 2501) if mod.sample_due(s, args)]
+    assert due == [50, 100, 200, 400, 800, 1000, 2000, 2500]
 
 def test_log_line_grammar():
     mod = importlib.import_module(MODELS[0])
@@ -761,6 +809,21 @@ def test_sagan_spectral_norm_gives_sigma_near_one():
         assert torch.equal(conv.sn.u, u)  # eval forwards (G_ema, sampling) leave u alone
 
 
+@pytest.mark.parametrize("model", [m for m in ("sagan", "biggan") if m in MODELS])
+def test_spectral_norm_survives_two_forwards_before_one_backward(model):
+    """D on real images, then on fakes, then one backward (as dcgan.py's loop does): each training
+    forward updates u in place, which must not invalidate the first forward's graph."""
+    mod = importlib.import_module(model)
+    torch.manual_seed(0)
+    D = mod.Discriminator(32, 8) if model == "sagan" else mod.Discriminator(32, 4, n_classes=2)
+    args = () if model == "sagan" else (torch.zeros(2, dtype=torch.long),)
+    us = [b.clone() for name, b in D.named_buffers() if name.endswith("u")]
+    loss = mod.hinge_loss_d(D(torch.randn(2, 3, 32, 32), *args), D(torch.randn(2, 3, 32, 32), *args))
+    loss.backward()
+    after = [b for name, b in D.named_buffers() if name.endswith("u")]
+    assert us and not all(torch.equal(a, b) for a, b in zip(us, after))
+    assert all(p.grad is not None for p in D.parameters() if p.requires_grad)
+
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_hinge_losses_on_known_logits():
     import sagan
@@ -1130,6 +1193,16 @@ def test_bench_acceptance_default_modes_and_flop_count_on_the_cpu(tmp_path, caps
         assert float(cells[9]) > 0
         assert float(cells[10]) == pytest.approx(float(cells[9]) * float(cells[7]) / 1000, rel=0.05)
 
+
+def test_bench_on_a_faked_gpu_resolves_indexed_devices_and_names_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "NVIDIA H200")
+    assert bench.resolve_device("cuda:1", "cpu") == torch.device("cuda", 1)
+    assert bench.resolve_device("auto", "cuda") == torch.device("cuda")
+    with pytest.raises(common.UserError, match="there are 2 CUDA device"):
+        bench.resolve_device("cuda:2", "cpu")
+    assert bench.device_name(torch.device("cuda", 0)).startswith("NVIDIA H200, torch ")
 
 # --- conditional GAN ----------------------------------------------------------------------------
 

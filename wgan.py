@@ -305,6 +305,14 @@ def set_rng_states(states, rank, device):
         torch.cuda.set_rng_state(states[rank]["cuda"].cpu(), device)
 
 
+def sample_due(step, args):
+    """A grid every --sample-every steps and at the end; before the first of those, also at the
+    first log step and then at doubling intervals, so that a new run shows a picture early."""
+    k = step // args.log_every
+    early = step < args.sample_every and step % args.log_every == 0 and k & (k - 1) == 0
+    return step % args.sample_every == 0 or step == args.steps or early
+
+
 def save_checkpoint(path, ckpt):
     """Atomic: write a temporary file, then rename over the old checkpoint."""
     tmp = path + ".tmp"
@@ -547,7 +555,7 @@ def train(args):
                         f.write(json.dumps(dict(rec, time=time.time())) + "\n")
                 t_log, step_log = time.time(), step
             t_pause = time.time()  # samples and checkpoints are left out of img/s
-            if (step % args.sample_every == 0 or step == args.steps) and rank == 0:
+            if sample_due(step, args) and rank == 0:
                 G_ema.eval()
                 with torch.no_grad():
                     save_grid(G_ema(z_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"), nrow=8)
