@@ -50,6 +50,7 @@ Usage
     python bench.py --acceptance dcgan --device cpu --res 32 --batch 8 --steps 4 --log-every 2 \\
         --modes fp32 -- --g-ch 8 --d-ch 8                             # its CPU smoke run
 """
+
 import argparse
 import contextlib
 import importlib
@@ -70,8 +71,18 @@ from torch.utils import flop_counter
 from common import Batches, UserError, load_images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-COLUMNS = ["model", "G params", "D params", "res", "batch", "precision", "ms/step", "img/s",
-           "peak mem", "loader img/s"]
+COLUMNS = [
+    "model",
+    "G params",
+    "D params",
+    "res",
+    "batch",
+    "precision",
+    "ms/step",
+    "img/s",
+    "peak mem",
+    "loader img/s",
+]
 ACCEPTANCE_COLUMNS = COLUMNS[:-1] + ["GFLOPs/img", "TFLOP/s"]
 ACCEPTANCE_MODES = ["fp32", "bf16", "bf16+compile"]
 # Flags that pin down work which would otherwise depend on the data; one table row per list, the
@@ -82,7 +93,7 @@ FLOP_ARGS = {
     # ADA's p starts at 0 and moves with D's overfitting
     "stylegan2_ada": [["--aug", "fixed", "--p", "0"]],
 }
-NEVER = str(10 ** 9)  # a --sample-every / --ckpt-every past the end of any run here
+NEVER = str(10**9)  # a --sample-every / --ckpt-every past the end of any run here
 ENV = dict(os.environ, PYTHONUNBUFFERED="1")
 
 
@@ -91,8 +102,9 @@ def model_files(folder=HERE):
     found = []
     for name in sorted(os.listdir(folder)):
         stem = name[:-3]
-        if name.endswith(".py") and re.search(rf'^MODEL = "{re.escape(stem)}"$',
-                                              open(os.path.join(folder, name)).read(), re.M):
+        if name.endswith(".py") and re.search(
+            rf'^MODEL = "{re.escape(stem)}"$', open(os.path.join(folder, name)).read(), re.M
+        ):
             found.append(stem)
     return found
 
@@ -106,8 +118,9 @@ def resolve_device(name, auto):
     except RuntimeError:
         raise UserError(f"--device {name}: unknown device (auto, cpu, cuda, cuda:N, mps)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"--device {name}: this machine has no CUDA GPU (torch.cuda.is_available() "
-                        f"is False)")
+        raise UserError(
+            f"--device {name}: this machine has no CUDA GPU (torch.cuda.is_available() is False)"
+        )
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise UserError(f"--device {name}: there are {torch.cuda.device_count()} CUDA device(s)")
     if device.type == "mps" and not torch.backends.mps.is_available():
@@ -116,6 +129,7 @@ def resolve_device(name, auto):
 
 
 # --- speed --------------------------------------------------------------------------------------
+
 
 def parse_header(text):
     """From the model's start line, `... | G 3.58M D 2.77M params | cpu fp32 | batch 64 ...`:
@@ -135,8 +149,10 @@ def timing(records, batch):
     """log.jsonl records -> (ms/step, img/s, steps timed), dropping the first interval as warm-up.
     Each record's img_s covers the steps since the previous record."""
     if len(records) < 2:
-        raise UserError(f"need at least 2 logged intervals to drop the warm-up one; got "
-                        f"{len(records)} (raise --steps or lower --log-every)")
+        raise UserError(
+            f"need at least 2 logged intervals to drop the warm-up one; got "
+            f"{len(records)} (raise --steps or lower --log-every)"
+        )
     seconds, steps = 0.0, 0
     for prev, rec in zip(records, records[1:]):
         n = rec["step"] - prev["step"]
@@ -147,11 +163,32 @@ def timing(records, batch):
 
 def bench_model(model, args, extra, out):
     """Train `model` for args.steps steps in a subprocess; returns a table row (dict)."""
-    cmd = [sys.executable, os.path.join(HERE, f"{model}.py"), "--data", args.data,
-           "--res", str(args.res), "--batch", str(args.batch), "--steps", str(args.steps),
-           "--log-every", str(args.log_every), "--sample-every", NEVER, "--ckpt-every", NEVER,
-           "--out", out, "--device", args.device, "--precision", args.precision,
-           *(["--compile"] if args.compile else []), *extra]
+    cmd = [
+        sys.executable,
+        os.path.join(HERE, f"{model}.py"),
+        "--data",
+        args.data,
+        "--res",
+        str(args.res),
+        "--batch",
+        str(args.batch),
+        "--steps",
+        str(args.steps),
+        "--log-every",
+        str(args.log_every),
+        "--sample-every",
+        NEVER,
+        "--ckpt-every",
+        NEVER,
+        "--out",
+        out,
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        *(["--compile"] if args.compile else []),
+        *extra,
+    ]
     print("$ " + " ".join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=HERE, env=ENV, capture_output=True, text=True)
     row = {"model": model, "res": args.res, "batch": args.batch, "compile": args.compile}
@@ -161,9 +198,17 @@ def bench_model(model, args, extra, out):
     head = parse_header(r.stdout)
     recs = [json.loads(line) for line in open(os.path.join(out, "log.jsonl")) if line.strip()]
     ms, img_s, steps = timing(recs, args.batch)
-    row.update({"G": head.get("G"), "D": head.get("D"), "precision": head.get("precision"),
-                "ms_step": ms, "img_s": img_s, "steps_timed": steps,
-                "mem_gb": recs[-1].get("mem_gb")})
+    row.update(
+        {
+            "G": head.get("G"),
+            "D": head.get("D"),
+            "precision": head.get("precision"),
+            "ms_step": ms,
+            "img_s": img_s,
+            "steps_timed": steps,
+            "mem_gb": recs[-1].get("mem_gb"),
+        }
+    )
     return row
 
 
@@ -184,6 +229,7 @@ def loader_speed(data, res, batch, device, n_batches=200):
 
 # --- FLOPs --------------------------------------------------------------------------------------
 
+
 def attention_flops(query, key, value, *args, out_shape=None, **kwargs):
     """softmax(q k^T) v: its two matmuls (shapes (B, heads, N, d))."""
     return flop_counter.sdpa_flop_count(query, key, value)
@@ -194,7 +240,8 @@ def attention_backward_flops(grad_out, query, key, value, *args, out_shape=None,
     torch's formula for the fused kernels adds a fifth, their recomputation of q k^T."""
     b, heads, n_q, d = query
     return flop_counter.sdpa_backward_flop_count(grad_out, query, key, value) - (
-        2 * b * heads * n_q * key[2] * d)
+        2 * b * heads * n_q * key[2] * d
+    )
 
 
 ATTENTION_OPS = {  # F.scaled_dot_product_attention's fused kernels (each torch build has some)
@@ -208,6 +255,7 @@ ATTENTION_OPS = {  # F.scaled_dot_product_attention's fused kernels (each torch 
 
 class NoModules:
     """Stands in for FlopCounterMode's module tracker: every count goes to the total."""
+
     parents = ("Global",)
 
     def __enter__(self):
@@ -245,10 +293,31 @@ def count_flops(model, flags, args, batch, steps):
     into a temporary folder; the model's printing is swallowed."""
     mod = importlib.import_module(model)
     with tempfile.TemporaryDirectory(prefix="flops_") as tmp:
-        run = mod.get_args(["--data", args.data, "--res", str(args.res), "--batch", str(batch),
-                            "--steps", str(steps), "--out", os.path.join(tmp, model),
-                            "--device", args.device, "--precision", "fp32", "--log-every", NEVER,
-                            "--sample-every", NEVER, "--ckpt-every", NEVER, *flags])
+        run = mod.get_args(
+            [
+                "--data",
+                args.data,
+                "--res",
+                str(args.res),
+                "--batch",
+                str(batch),
+                "--steps",
+                str(steps),
+                "--out",
+                os.path.join(tmp, model),
+                "--device",
+                args.device,
+                "--precision",
+                "fp32",
+                "--log-every",
+                NEVER,
+                "--sample-every",
+                NEVER,
+                "--ckpt-every",
+                NEVER,
+                *flags,
+            ]
+        )
         with FlopCounter() as counter, contextlib.redirect_stdout(io.StringIO()):
             mod.train(run)
     return counter.get_total_flops()
@@ -260,22 +329,33 @@ def flops_row(model, flags, args):
     n = steps_per_cycle(importlib.import_module(model))
     b1, b2 = args.flop_batches
     load_images(args.data, args.res, verbose=False)  # decode or draw the data outside the counts
-    row = {"model": model, "flags": " ".join(flags), "res": args.res, "batch": args.batch,
-           "steps_counted": n}
+    row = {
+        "model": model,
+        "flags": " ".join(flags),
+        "res": args.res,
+        "batch": args.batch,
+        "steps_counted": n,
+    }
     t = time.time()
     try:
-        f1, f2, f3 = (count_flops(model, flags, args, batch, steps)
-                      for batch, steps in [(b1, n), (b1, 2 * n), (b2, n)])
+        f1, f2, f3 = (
+            count_flops(model, flags, args, batch, steps)
+            for batch, steps in [(b1, n), (b1, 2 * n), (b2, n)]
+        )
     except (Exception, SystemExit) as e:  # one model's failure is its row's, not the table's
         return dict(row, error=f"{type(e).__name__}: {e}".splitlines()[0][:200])
     s1 = (f2 - f1) / n
     s2 = (f3 - (f1 - n * s1)) / n
     per_image = (s2 - s1) / (b2 - b1)
     per_step = s1 - b1 * per_image  # the part of a step that does not grow with the batch
-    return dict(row, gflops_img=(per_image + per_step / args.batch) / 1e9,
-                gflop_per_image=per_image / 1e9, gflop_per_step=per_step / 1e9,
-                gflops_img_at={str(b1): s1 / b1 / 1e9, str(b2): s2 / b2 / 1e9},
-                seconds=time.time() - t)
+    return dict(
+        row,
+        gflops_img=(per_image + per_step / args.batch) / 1e9,
+        gflop_per_image=per_image / 1e9,
+        gflop_per_step=per_step / 1e9,
+        gflops_img_at={str(b1): s1 / b1 / 1e9, str(b2): s2 / b2 / 1e9},
+        seconds=time.time() - t,
+    )
 
 
 def flops_rows(models, args, extra, settings=None):
@@ -287,10 +367,17 @@ def flops_rows(models, args, extra, settings=None):
             rows.append(flops_row(m, flags + extra, args))
             r = rows[-1]
             label = f"{m} {r['flags']}" if r["flags"] else m
-            print(f"{label}: " + (r["error"] if "error" in r else
-                  f"{r['gflops_img']:.4g} GFLOPs/img at batch {args.batch} = "
-                  f"{r['gflop_per_image']:.4g} per image + {r['gflop_per_step']:.4g} per step / "
-                  f"{args.batch}; counted in {r['seconds']:.0f} s"), flush=True)
+            print(
+                f"{label}: "
+                + (
+                    r["error"]
+                    if "error" in r
+                    else f"{r['gflops_img']:.4g} GFLOPs/img at batch {args.batch} = "
+                    f"{r['gflop_per_image']:.4g} per image + {r['gflop_per_step']:.4g} per step / "
+                    f"{args.batch}; counted in {r['seconds']:.0f} s"
+                ),
+                flush=True,
+            )
     return rows
 
 
@@ -302,28 +389,49 @@ def gflops_at(row, batch):
 def flops_table(rows, flop_batches):
     """FLOP rows (dicts from flops_row) -> a markdown table; a failed model gets its error."""
     b1, b2 = (str(b) for b in flop_batches)
-    columns = ["model", "flags", "res", "batch", "GFLOPs/img", f"at batch {b1}", f"at batch {b2}",
-               "GFLOP/step fixed", "N"]
+    columns = [
+        "model",
+        "flags",
+        "res",
+        "batch",
+        "GFLOPs/img",
+        f"at batch {b1}",
+        f"at batch {b2}",
+        "GFLOP/step fixed",
+        "N",
+    ]
     lines = []
     for r in rows:
         if "error" in r:
             lines.append([r["model"], r["flags"], f"failed: {r['error']}"] + [""] * 6)
         else:
             at = r["gflops_img_at"]
-            lines.append([r["model"], r["flags"], str(r["res"]), str(r["batch"]),
-                          fmt_gflops(r["gflops_img"]), fmt_gflops(at[b1]), fmt_gflops(at[b2]),
-                          fmt_gflops(r["gflop_per_step"]), str(r["steps_counted"])])
+            lines.append(
+                [
+                    r["model"],
+                    r["flags"],
+                    str(r["res"]),
+                    str(r["batch"]),
+                    fmt_gflops(r["gflops_img"]),
+                    fmt_gflops(at[b1]),
+                    fmt_gflops(at[b2]),
+                    fmt_gflops(r["gflop_per_step"]),
+                    str(r["steps_counted"]),
+                ]
+            )
     return markdown(columns, lines)
 
 
 # --- GPU acceptance -----------------------------------------------------------------------------
 
+
 def parse_mode(mode):
     """'bf16+compile' -> ("bf16", True)."""
     m = re.fullmatch(r"(fp32|bf16|fp16)(\+compile)?", mode)
     if not m:
-        raise UserError(f"--modes {mode}: expected a precision (fp32, bf16, fp16), optionally with "
-                        f"+compile")
+        raise UserError(
+            f"--modes {mode}: expected a precision (fp32, bf16, fp16), optionally with +compile"
+        )
     return m.group(1), m.group(2) is not None
 
 
@@ -331,15 +439,40 @@ def torchrun_and_resume(model, args, extra, out):
     """`model` under `torchrun --nproc_per_node=1` for --log-every steps, then a --resume of that
     run to twice as many; each passes when it exits 0 with its ckpt.pt at the step asked for."""
     k = args.log_every
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1",
-           os.path.join(HERE, f"{model}.py"), "--data", args.data, "--res", str(args.res),
-           "--batch", str(args.batch), "--out", out, "--device", args.device,
-           "--log-every", str(k), "--sample-every", NEVER, "--ckpt-every", str(k), *extra]
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node=1",
+        os.path.join(HERE, f"{model}.py"),
+        "--data",
+        args.data,
+        "--res",
+        str(args.res),
+        "--batch",
+        str(args.batch),
+        "--out",
+        out,
+        "--device",
+        args.device,
+        "--log-every",
+        str(k),
+        "--sample-every",
+        NEVER,
+        "--ckpt-every",
+        str(k),
+        *extra,
+    ]
     checks = []
-    for name, more, want in [(f"torchrun --nproc_per_node=1 {model}.py --steps {k}",
-                              ["--steps", str(k)], k),
-                             (f"torchrun --nproc_per_node=1 {model}.py --resume --steps {2 * k}",
-                              ["--resume", "--steps", str(2 * k)], 2 * k)]:
+    for name, more, want in [
+        (f"torchrun --nproc_per_node=1 {model}.py --steps {k}", ["--steps", str(k)], k),
+        (
+            f"torchrun --nproc_per_node=1 {model}.py --resume --steps {2 * k}",
+            ["--resume", "--steps", str(2 * k)],
+            2 * k,
+        ),
+    ]:
         print("$ " + " ".join(cmd + more), flush=True)
         r = subprocess.run(cmd + more, cwd=HERE, env=ENV, capture_output=True, text=True)
         step = None
@@ -364,8 +497,10 @@ def read_flops(path, args, extra):
     except (OSError, ValueError) as e:
         raise UserError(f"--flops-from {path}: not readable ({type(e).__name__})") from None
     if saved.get("res") != args.res or saved.get("extra") != extra:
-        raise UserError(f"--flops-from {path} was counted at --res {saved.get('res')} with "
-                        f"{saved.get('extra')} after --; this run is at {args.res} with {extra}")
+        raise UserError(
+            f"--flops-from {path} was counted at --res {saved.get('res')} with "
+            f"{saved.get('extra')} after --; this run is at {args.res} with {extra}"
+        )
     found = {}
     for r in saved["rows"]:
         found.setdefault(r["model"], r)  # the first row of a model is its figure (FLOP_ARGS)
@@ -386,9 +521,16 @@ def acceptance(args, models, extra, device):
                 t = time.time()
                 rows.append(bench_model(m, run, extra, os.path.join(tmp, f"{m}_{mode}")))
                 r = rows[-1]
-                print(f"{m} {mode}: " + (r["error"] if "error" in r else
-                      f"{r['ms_step']:.1f} ms/step, {fmt_rate(r['img_s'])} img/s") +
-                      f" ({time.time() - t:.0f} s)", flush=True)
+                print(
+                    f"{m} {mode}: "
+                    + (
+                        r["error"]
+                        if "error" in r
+                        else f"{r['ms_step']:.1f} ms/step, {fmt_rate(r['img_s'])} img/s"
+                    )
+                    + f" ({time.time() - t:.0f} s)",
+                    flush=True,
+                )
                 if "error" in r:
                     r["error"] = f"{mode}: {r['error']}"
         ddp_model = "dcgan" if "dcgan" in models else models[0]
@@ -406,6 +548,7 @@ def acceptance(args, models, extra, device):
 
 # --- tables -------------------------------------------------------------------------------------
 
+
 def fmt_rate(v):
     return f"{v:.2f}" if v < 10 else f"{v:.0f}"
 
@@ -421,8 +564,10 @@ def fmt_gflops(v):
 def markdown(columns, rows):
     """A markdown table; `rows` are lists of cells, one per column, '|' in a cell becomes '/'."""
     text = {"model", "precision", "flags"}
-    lines = ["| " + " | ".join(columns) + " |",
-             "|" + "|".join("---" if c in text else "--:" for c in columns) + "|"]
+    lines = [
+        "| " + " | ".join(columns) + " |",
+        "|" + "|".join("---" if c in text else "--:" for c in columns) + "|",
+    ]
     lines += ["| " + " | ".join(c.replace("|", "/") for c in cells) + " |" for cells in rows]
     return "\n".join(lines)
 
@@ -436,14 +581,20 @@ def markdown_table(rows, loader_img_s=None, columns=COLUMNS):
             lines.append([r["model"], f"failed: {r['error']}"] + [""] * (len(columns) - 2))
             continue
         tflop_s = r.get("tflop_s")
-        cells = {"model": r["model"], "G params": fmt_params(r["G"]),
-                 "D params": fmt_params(r["D"]), "res": str(r["res"]), "batch": str(r["batch"]),
-                 "precision": (r["precision"] or "?") + ("+compile" if r.get("compile") else ""),
-                 "ms/step": f"{r['ms_step']:.1f}", "img/s": fmt_rate(r["img_s"]),
-                 "peak mem": "-" if r["mem_gb"] is None else f"{r['mem_gb']:.2f} GB",
-                 "loader img/s": "-" if loader_img_s is None else f"{loader_img_s:.0f}",
-                 "GFLOPs/img": fmt_gflops(r.get("gflops_img")),
-                 "TFLOP/s": "-" if tflop_s is None else f"{tflop_s:.3g}"}
+        cells = {
+            "model": r["model"],
+            "G params": fmt_params(r["G"]),
+            "D params": fmt_params(r["D"]),
+            "res": str(r["res"]),
+            "batch": str(r["batch"]),
+            "precision": (r["precision"] or "?") + ("+compile" if r.get("compile") else ""),
+            "ms/step": f"{r['ms_step']:.1f}",
+            "img/s": fmt_rate(r["img_s"]),
+            "peak mem": "-" if r["mem_gb"] is None else f"{r['mem_gb']:.2f} GB",
+            "loader img/s": "-" if loader_img_s is None else f"{loader_img_s:.0f}",
+            "GFLOPs/img": fmt_gflops(r.get("gflops_img")),
+            "TFLOP/s": "-" if tflop_s is None else f"{tflop_s:.3g}",
+        }
         lines.append([cells[c] for c in columns])
     return markdown(columns, lines)
 
@@ -453,8 +604,11 @@ def device_name(device):
         return f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}"
     cpu = platform.processor() or platform.machine()
     try:
-        cpu = next(line.split(":", 1)[1].strip() for line in open("/proc/cpuinfo")
-                   if line.startswith("model name"))
+        cpu = next(
+            line.split(":", 1)[1].strip()
+            for line in open("/proc/cpuinfo")
+            if line.startswith("model name")
+        )
     except (OSError, StopIteration):
         pass
     threads = os.environ.get("OMP_NUM_THREADS", str(torch.get_num_threads()))
@@ -469,10 +623,11 @@ def write_json(path, record):
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def main(argv=None):
     argv = sys.argv[1:] if argv is None else list(argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    args = get_args(argv[:argv.index("--")] if "--" in argv else argv)
+    extra = argv[argv.index("--") + 1 :] if "--" in argv else []
+    args = get_args(argv[: argv.index("--")] if "--" in argv else argv)
     models = args.models or model_files()
     missing = [m for m in models if not os.path.isfile(os.path.join(HERE, f"{m}.py"))]
     if missing:
@@ -481,8 +636,10 @@ def main(argv=None):
         raise UserError("--flops and --acceptance: choose one (--acceptance counts FLOPs too)")
     b1, b2 = args.flop_batches
     if b1 == b2 or min(b1, b2) < 2 or b1 % 2 or b2 % 2:
-        raise UserError(f"--flop-batches {b1} {b2}: two different even batches (stylegan2_ada's "
-                        f"path length runs on half the batch)")
+        raise UserError(
+            f"--flop-batches {b1} {b2}: two different even batches (stylegan2_ada's "
+            f"path length runs on half the batch)"
+        )
     if args.acceptance and (args.precision != "auto" or args.compile):
         raise UserError("--acceptance runs each of --modes; --precision and --compile do not apply")
     for mode in args.modes:
@@ -490,13 +647,20 @@ def main(argv=None):
     if args.steps is None:
         args.steps = 30 if args.acceptance else 60
     if not args.flops and args.steps < 2 * args.log_every:
-        raise UserError(f"--steps {args.steps} gives fewer than 2 intervals of --log-every "
-                        f"{args.log_every}; the first is dropped as warm-up")
+        raise UserError(
+            f"--steps {args.steps} gives fewer than 2 intervals of --log-every "
+            f"{args.log_every}; the first is dropped as warm-up"
+        )
     if args.flops or args.acceptance:  # FLOPs are counted on the CPU; acceptance is for a GPU
         auto = "cpu" if args.flops else "cuda"
     else:
-        auto = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() \
+        auto = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
             else "cpu"
+        )
     device = resolve_device(args.device, auto)
     args.device = auto if args.device == "auto" else args.device
     command = "python bench.py " + " ".join(argv)
@@ -504,26 +668,46 @@ def main(argv=None):
 
     if args.flops:
         rows = flops_rows(models, args, extra)
-        print(f"\n{command}\n{device_name(device)}; fp32; counted at batch {b1} and {b2}, per "
-              f"image at batch {args.batch}; {time.time() - start:.0f} s in all\n")
+        print(
+            f"\n{command}\n{device_name(device)}; fp32; counted at batch {b1} and {b2}, per "
+            f"image at batch {args.batch}; {time.time() - start:.0f} s in all\n"
+        )
         print(flops_table(rows, args.flop_batches))
         if args.json:
-            write_json(args.json, {"command": command, "device": device_name(device),
-                                   "res": args.res, "extra": extra, "rows": rows})
+            write_json(
+                args.json,
+                {
+                    "command": command,
+                    "device": device_name(device),
+                    "res": args.res,
+                    "extra": extra,
+                    "rows": rows,
+                },
+            )
         return 1 if any("error" in r for r in rows) else 0
 
     if args.acceptance:
         rows, checks, flop_rows = acceptance(args, models, extra, device)
-        print(f"\n{command}\n{device_name(device)}; {args.steps} steps, the first {args.log_every} "
-              f"dropped as warm-up; GFLOPs/img " + (f"from {args.flops_from}" if args.flops_from
-                                                    else f"counted on {device}") +
-              f"; {time.time() - start:.0f} s in all\n")
+        print(
+            f"\n{command}\n{device_name(device)}; {args.steps} steps, the first {args.log_every} "
+            f"dropped as warm-up; GFLOPs/img "
+            + (f"from {args.flops_from}" if args.flops_from else f"counted on {device}")
+            + f"; {time.time() - start:.0f} s in all\n"
+        )
         print(markdown_table(rows, columns=ACCEPTANCE_COLUMNS) + "\n")
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
         if args.json:
-            write_json(args.json, {"command": command, "device": device_name(device), "rows": rows,
-                                   "checks": checks, "flops": flop_rows})
+            write_json(
+                args.json,
+                {
+                    "command": command,
+                    "device": device_name(device),
+                    "rows": rows,
+                    "checks": checks,
+                    "flops": flop_rows,
+                },
+            )
         return 0 if all("error" not in r for r in rows) and all(c["ok"] for c in checks) else 1
 
     rows = []
@@ -531,51 +715,98 @@ def main(argv=None):
         for m in models:
             rows.append(bench_model(m, args, extra, os.path.join(tmp, m)))
             r = rows[-1]
-            print(f"{m}: " + (r["error"] if "error" in r else
-                              f"{r['ms_step']:.1f} ms/step, {fmt_rate(r['img_s'])} img/s"),
-                  flush=True)
+            print(
+                f"{m}: "
+                + (
+                    r["error"]
+                    if "error" in r
+                    else f"{r['ms_step']:.1f} ms/step, {fmt_rate(r['img_s'])} img/s"
+                ),
+                flush=True,
+            )
     loader = loader_speed(args.data, args.res, args.batch, device)
-    print(f"\n{command}\n{device_name(device)}; {args.steps} steps, the first {args.log_every} "
-          f"dropped as warm-up\n")
+    print(
+        f"\n{command}\n{device_name(device)}; {args.steps} steps, the first {args.log_every} "
+        f"dropped as warm-up\n"
+    )
     print(markdown_table(rows, loader))
     if args.json:
-        write_json(args.json, {"command": command, "device": device_name(device),
-                               "loader_img_s": loader, "rows": rows})
+        write_json(
+            args.json,
+            {
+                "command": command,
+                "device": device_name(device),
+                "loader_img_s": loader,
+                "rows": rows,
+            },
+        )
     return 1 if any("error" in r for r in rows) else 0
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="Training speed of each model file (a markdown "
-                                            "table); with --flops its training FLOPs per image; "
-                                            "with --acceptance the GPU acceptance run.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                epilog="Arguments after `--` are passed to every model.")
+    p = argparse.ArgumentParser(
+        description="Training speed of each model file (a markdown "
+        "table); with --flops its training FLOPs per image; "
+        "with --acceptance the GPU acceptance run.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        epilog="Arguments after `--` are passed to every model.",
+    )
     p.add_argument("models", nargs="*", help="model names (default: every model file here)")
     p.add_argument("--data", default="toy", help="image folder, .zip, or 'toy'")
     p.add_argument("--res", type=int, default=64, help="image resolution")
     p.add_argument("--batch", type=int, default=64, help="global batch")
-    p.add_argument("--steps", type=int, default=None,
-                   help="training steps per model, warm-up included; unset: 60, or 30 with "
-                        "--acceptance")
-    p.add_argument("--log-every", type=int, default=10,
-                   help="steps per timed interval; the first is warm-up")
-    p.add_argument("--device", default="auto",
-                   help="auto (cuda, else mps, else cpu; cpu with --flops, cuda with "
-                        "--acceptance), or e.g. cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="passed to the models")
+    p.add_argument(
+        "--steps",
+        type=int,
+        default=None,
+        help="training steps per model, warm-up included; unset: 60, or 30 with --acceptance",
+    )
+    p.add_argument(
+        "--log-every", type=int, default=10, help="steps per timed interval; the first is warm-up"
+    )
+    p.add_argument(
+        "--device",
+        default="auto",
+        help="auto (cuda, else mps, else cpu; cpu with --flops, cuda with "
+        "--acceptance), or e.g. cuda:1",
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="passed to the models",
+    )
     p.add_argument("--compile", action="store_true", help="pass --compile to the models")
     p.add_argument("--json", metavar="PATH", help="also write the rows to this JSON file")
-    p.add_argument("--flops", action="store_true",
-                   help="count training GFLOPs per image at --batch instead of timing")
-    p.add_argument("--flop-batches", type=int, nargs=2, default=[2, 4], metavar=("B1", "B2"),
-                   help="the two batches FLOPs are counted at (--flops, --acceptance)")
-    p.add_argument("--acceptance", action="store_true",
-                   help="GPU acceptance: every model in every --modes, FLOPs, torchrun and resume")
-    p.add_argument("--modes", nargs="+", default=ACCEPTANCE_MODES,
-                   help="--acceptance: precisions to time, each optionally with +compile")
-    p.add_argument("--flops-from", metavar="JSON",
-                   help="--acceptance: GFLOPs/img from this --flops --json file, not counted again")
+    p.add_argument(
+        "--flops",
+        action="store_true",
+        help="count training GFLOPs per image at --batch instead of timing",
+    )
+    p.add_argument(
+        "--flop-batches",
+        type=int,
+        nargs=2,
+        default=[2, 4],
+        metavar=("B1", "B2"),
+        help="the two batches FLOPs are counted at (--flops, --acceptance)",
+    )
+    p.add_argument(
+        "--acceptance",
+        action="store_true",
+        help="GPU acceptance: every model in every --modes, FLOPs, torchrun and resume",
+    )
+    p.add_argument(
+        "--modes",
+        nargs="+",
+        default=ACCEPTANCE_MODES,
+        help="--acceptance: precisions to time, each optionally with +compile",
+    )
+    p.add_argument(
+        "--flops-from",
+        metavar="JSON",
+        help="--acceptance: GFLOPs/img from this --flops --json file, not counted again",
+    )
     return p.parse_args(argv)
 
 

@@ -40,6 +40,7 @@ Usage
     python biggan.py --sample out/biggan/ckpt.pt --n 144 --truncation 0.5 [--class blonde]
     python biggan.py --sample out/biggan/ckpt.pt --n 36 --truncation-sweep  # GIF, T from 2 to 0.1
 """
+
 import argparse
 import copy
 import json
@@ -55,7 +56,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import Batches, UserError, load_images, make_grid, plot_losses, save_gif, save_grid, save_progress_gif
+from common import (
+    Batches,
+    UserError,
+    load_images,
+    make_grid,
+    plot_losses,
+    save_gif,
+    save_grid,
+    save_progress_gif,
+)
 
 MODEL = "biggan"
 
@@ -66,7 +76,12 @@ MODEL = "biggan"
 # follow the same pattern. G blocks double the resolution from 4x4; D blocks halve it down to 4x4,
 # then one more block at 4x4
 G_CH = {32: [16, 8, 4], 64: [16, 8, 4, 2], 128: [16, 8, 4, 2, 1], 256: [16, 8, 8, 4, 2, 1]}
-D_CH = {32: [2, 4, 8, 16], 64: [1, 2, 4, 8, 16], 128: [1, 2, 4, 8, 16, 16], 256: [1, 2, 4, 8, 8, 16, 16]}
+D_CH = {
+    32: [2, 4, 8, 16],
+    64: [1, 2, 4, 8, 16],
+    128: [1, 2, 4, 8, 16, 16],
+    256: [1, 2, 4, 8, 8, 16, 16],
+}
 
 
 def check_res(res):
@@ -129,9 +144,9 @@ class SelfAttention(nn.Module):
 
     def forward(self, x):
         B, C, H, W = x.shape
-        q = self.theta(x).flatten(2).transpose(1, 2)                     # (B, HW, C/8)
-        k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)      # (B, HW/4, C/8)
-        v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)        # (B, HW/4, C/2)
+        q = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, C/8)
+        k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/8)
+        v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/2)
         # SA-GAN's logits are plain dot products: no 1/sqrt(d) scaling. Under autocast the kernel
         # still forms them and their softmax in fp32; only q, k, v and its output are bf16
         h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
@@ -149,7 +164,9 @@ class ConditionalBatchNorm2d(nn.Module):
         self.bias = SNLinear(cond_dim, c, bias=False)
 
     def forward(self, x, cond):
-        return self.bn(x) * (1 + self.gain(cond))[:, :, None, None] + self.bias(cond)[:, :, None, None]
+        return (
+            self.bn(x) * (1 + self.gain(cond))[:, :, None, None] + self.bias(cond)[:, :, None, None]
+        )
 
 
 class GBlock(nn.Module):
@@ -157,7 +174,10 @@ class GBlock(nn.Module):
 
     def __init__(self, c_in, c_out, cond_dim):
         super().__init__()
-        self.bn1, self.bn2 = ConditionalBatchNorm2d(c_in, cond_dim), ConditionalBatchNorm2d(c_out, cond_dim)
+        self.bn1, self.bn2 = (
+            ConditionalBatchNorm2d(c_in, cond_dim),
+            ConditionalBatchNorm2d(c_out, cond_dim),
+        )
         self.conv1 = SNConv2d(c_in, c_out, 3, padding=1)
         self.conv2 = SNConv2d(c_out, c_out, 3, padding=1)
         self.skip = SNConv2d(c_in, c_out, 1)
@@ -180,10 +200,16 @@ class Generator(nn.Module):
         self.z_sizes = z_chunks(z_dim, len(mults) + 1)
         self.shared = nn.Embedding(n_classes, shared_dim)
         self.linear = SNLinear(self.z_sizes[0], c_in[0] * 4 * 4)
-        self.blocks = nn.ModuleList(GBlock(i, o, shared_dim + zc) for i, o, zc in zip(c_in, c_out, self.z_sizes[1:]))
-        self.attn_at = int(math.log2(attn_res)) - 3 if attn_res else None  # block i outputs 8 * 2**i
+        self.blocks = nn.ModuleList(
+            GBlock(i, o, shared_dim + zc) for i, o, zc in zip(c_in, c_out, self.z_sizes[1:])
+        )
+        self.attn_at = (
+            int(math.log2(attn_res)) - 3 if attn_res else None
+        )  # block i outputs 8 * 2**i
         self.attn = SelfAttention(c_out[self.attn_at]) if attn_res else None
-        self.out = nn.Sequential(nn.BatchNorm2d(c_out[-1]), nn.ReLU(), SNConv2d(c_out[-1], 3, 3, padding=1), nn.Tanh())
+        self.out = nn.Sequential(
+            nn.BatchNorm2d(c_out[-1]), nn.ReLU(), SNConv2d(c_out[-1], 3, 3, padding=1), nn.Tanh()
+        )
 
     def conditions(self, z, y):
         """The input layer's chunk, and one cBN conditioning vector [shared(y), z chunk] per block."""
@@ -214,7 +240,9 @@ class DBlock(nn.Module):
 
     def forward(self, x):
         h = self.conv2(F.relu(self.conv1(F.relu(x) if self.preact else x)))
-        if self.down:  # avg-pool and a 1x1 conv commute, so pooling the shortcut first is exact and cheaper
+        if (
+            self.down
+        ):  # avg-pool and a 1x1 conv commute, so pooling the shortcut first is exact and cheaper
             h, x = F.avg_pool2d(h, 2), F.avg_pool2d(x, 2)
         return h + (self.skip(x) if self.skip is not None else x)
 
@@ -227,9 +255,12 @@ class Discriminator(nn.Module):
         super().__init__()
         mults = D_CH[res]
         c = [3] + [ch * m for m in mults]
-        self.blocks = nn.ModuleList(DBlock(c[i], c[i + 1], down=i < len(mults) - 1, preact=i > 0)
-                                    for i in range(len(mults)))
-        self.attn_at = int(math.log2(res // attn_res)) - 1 if attn_res else None  # block i outputs res / 2**(i+1)
+        self.blocks = nn.ModuleList(
+            DBlock(c[i], c[i + 1], down=i < len(mults) - 1, preact=i > 0) for i in range(len(mults))
+        )
+        self.attn_at = (
+            int(math.log2(res // attn_res)) - 1 if attn_res else None
+        )  # block i outputs res / 2**(i+1)
         self.attn = SelfAttention(c[self.attn_at + 1]) if attn_res else None
         self.linear = SNLinear(c[-1], 1)
         self.embed = SNEmbedding(n_classes, c[-1])
@@ -251,6 +282,7 @@ def init_weights(m):
 
 
 # --- losses -------------------------------------------------------------------------------------
+
 
 def hinge_loss_d(logits_real, logits_fake):
     """Hinge loss (Lim & Ye 2017), as in SA-GAN: D gets no gradient from samples it already
@@ -282,6 +314,7 @@ def ortho_penalty(G, beta):
 
 
 # --- EMA, sampling ------------------------------------------------------------------------------
+
 
 def ema_beta(batch, ema_kimg):
     """Per-step decay whose half-life is ema_kimg thousand images."""
@@ -321,7 +354,9 @@ def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
     ckpt = load_checkpoint(path, device)
     a = ckpt["args"]
-    G = Generator(a["res"], a["z_dim"], a["g_ch"], len(ckpt["classes"]), a["shared_dim"], a["attn_res"]).to(device)
+    G = Generator(
+        a["res"], a["z_dim"], a["g_ch"], len(ckpt["classes"]), a["shared_dim"], a["attn_res"]
+    ).to(device)
     G.load_state_dict(ckpt["G_ema"])
     G.classes = ckpt["classes"]
     return G.eval().requires_grad_(False)
@@ -332,10 +367,18 @@ def generate(G, n, seed=0, truncation=None, y=None, batch=256):
     """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; same seed, same images.
     y: class labels (n,) or one label for all; None cycles through the classes."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    y = torch.arange(n) % len(G.classes) if y is None else torch.as_tensor(y, dtype=torch.long).expand(n)
+    y = (
+        torch.arange(n) % len(G.classes)
+        if y is None
+        else torch.as_tensor(y, dtype=torch.long).expand(n)
+    )
     device = next(G.parameters()).device
-    return torch.cat([G(z[i:i + batch].to(device), y[i:i + batch].to(device)).float().cpu()
-                      for i in range(0, n, batch)])
+    return torch.cat(
+        [
+            G(z[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu()
+            for i in range(0, n, batch)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -348,9 +391,13 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
     y = (torch.arange(n) % len(G.classes) if y is None else y).to(device)
     for k in range(keys):
         a, b = zs[k], zs[(k + 1) % keys]
-        omega = torch.arccos((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1))
+        omega = torch.arccos(
+            (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1)
+        )
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega).clamp_min(1e-6)
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(
+                omega
+            ).clamp_min(1e-6)
             frames.append(make_grid(G(z.to(device), y).float().cpu()))
     return frames
 
@@ -370,10 +417,13 @@ def class_index(classes, name):
     if name.isdigit() and int(name) < len(classes):
         return int(name)
     names = ", ".join(repr(c) for c in classes)
-    raise UserError(f"--class {name!r} is neither a class name nor an index below {len(classes)} (classes: {names})")
+    raise UserError(
+        f"--class {name!r} is neither a class name nor an index below {len(classes)} (classes: {names})"
+    )
 
 
 # --- training skeleton --------------------------------------------------------------------------
+
 
 def is_cuda(device):
     """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
@@ -386,21 +436,35 @@ def setup_device(name):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(
+            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+            raise UserError(
+                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
+            )
         if world > 1 and device.index not in (None, local_rank):
-            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+            raise UserError(
+                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
+            )
         index = local_rank if world > 1 else device.index or 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+            raise UserError(
+                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -454,7 +518,9 @@ def rng_states(device):
 
 def set_rng_states(states, rank, device):
     if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
+        print(
+            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
+        )
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
     if is_cuda(device) and "cuda" in states[rank]:
@@ -499,7 +565,9 @@ class Meter:
 
     def means(self):
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        vals = (
+            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        )
         self.sums, self.n = {}, 0
         return dict(zip(keys, vals))
 
@@ -509,12 +577,22 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + (
+        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
+    )
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = (
+    "data",
+    "steps",
+    "device",
+    "compile",
+    "log_every",
+    "sample_every",
+    "ckpt_every",
+)
 
 
 def start_or_resume(args):
@@ -525,20 +603,30 @@ def start_or_resume(args):
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
-            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+            raise UserError(
+                f"{path} exists: pass --resume to continue that run, or choose another --out"
+            )
         return args, None
     ckpt = load_checkpoint(path)
     saved = ckpt["args"]
-    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    fixed = [
+        k
+        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
+        if k in saved and getattr(args, k) != saved[k]
+    ]
     if fixed:
         k = fixed[0]
-        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+        raise UserError(
+            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
+        )
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
     if int(os.environ.get("RANK", 0)) == 0:
         given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(f"resume: from the command line: {given}; from the checkpoint: "
-              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+        print(
+            f"resume: from the command line: {given}; from the checkpoint: "
+            + ", ".join(f"{k}={v}" for k, v in kept.items())
+        )
     return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
@@ -591,7 +679,9 @@ def parse_args(parser, argv=None):
     command line (for --resume), whatever their value."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    unset = (
+        object()
+    )  # argparse leaves an attribute that the namespace already has unless it is typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
@@ -599,27 +689,38 @@ def parse_args(parser, argv=None):
 
 # --- training -----------------------------------------------------------------------------------
 
+
 def train(args):
     args, ckpt = start_or_resume(args)
     check_res(args.res)
     args.attn_res = args.res // 2 if args.attn_res is None else args.attn_res
     if args.n_dis < 1:
         raise UserError(f"--n-dis {args.n_dis}: D needs at least one step per G step")
-    if args.attn_res and args.attn_res not in [args.res >> k for k in range(1, len(G_CH[args.res]))]:
-        raise UserError(f"--attn-res {args.attn_res}: choose a power of two from 8 to {args.res // 2}, or 0 for none")
+    if args.attn_res and args.attn_res not in [
+        args.res >> k for k in range(1, len(G_CH[args.res]))
+    ]:
+        raise UserError(
+            f"--attn-res {args.attn_res}: choose a power of two from 8 to {args.res // 2}, or 0 for none"
+        )
     device, rank, world = setup_device(args.device)
     precision, amp_dtype = setup_precision(args.precision, device)
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.batch % world:
-        raise UserError(f"--batch {args.batch} must be divisible by the number of processes ({world})")
+        raise UserError(
+            f"--batch {args.batch} must be divisible by the number of processes ({world})"
+        )
     torch.manual_seed(args.seed + rank)
     data = load_images(args.data, args.res, verbose=rank == 0)
     batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
     n_classes = len(data.classes)
     if n_classes == 1:
-        say(f"{args.data} has one class: G and D train with a single class embedding (unconditional BigGAN)")
+        say(
+            f"{args.data} has one class: G and D train with a single class embedding (unconditional BigGAN)"
+        )
 
-    G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.shared_dim, args.attn_res).to(device)
+    G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.shared_dim, args.attn_res).to(
+        device
+    )
     D = Discriminator(args.res, args.d_ch, n_classes, args.attn_res).to(device)
     G.apply(init_weights)
     D.apply(init_weights)
@@ -630,8 +731,16 @@ def train(args):
     scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
     if ckpt is not None:
-        for name, obj in [("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D),
-                          ("scaler_G", scaler_G), ("scaler_D", scaler_D), ("loader", batches)]:
+        for name, obj in [
+            ("G", G),
+            ("D", D),
+            ("G_ema", G_ema),
+            ("opt_G", opt_G),
+            ("opt_D", opt_D),
+            ("scaler_G", scaler_G),
+            ("scaler_D", scaler_D),
+            ("loader", batches),
+        ]:
             obj.load_state_dict(ckpt[name])
         step = ckpt["step"]
         set_rng_states(ckpt["rng"], rank, device)
@@ -647,23 +756,41 @@ def train(args):
     z_fixed = sample_z(rows * 8, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
     y_fixed = (torch.arange(rows * 8) // 8 % n_classes).to(device)
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(f"{MODEL} | {args.data}: {len(data.labels)} images, {n_classes} class(es), {args.res}x{args.res} | "
+    say(
+        f"{MODEL} | {args.data}: {len(data.labels)} images, {n_classes} class(es), {args.res}x{args.res} | "
         f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
-        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}")
+        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}"
+    )
 
     def checkpoint():
-        ckpt = {"model": MODEL, "args": vars(args), "step": step, "classes": data.classes, "rng": rng_states(device),
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler_G": scaler_G.state_dict(),
-                "scaler_D": scaler_D.state_dict(), "loader": batches.state_dict()}
+        ckpt = {
+            "model": MODEL,
+            "args": vars(args),
+            "step": step,
+            "classes": data.classes,
+            "rng": rng_states(device),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(),
+            "scaler_D": scaler_D.state_dict(),
+            "loader": batches.state_dict(),
+        }
         if rank == 0:
             save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
 
     def fail_if_not_finite():
         if not finite(meter, G, D):
-            kept = f"the last good checkpoint is {args.out}/ckpt.pt" if os.path.exists(
-                os.path.join(args.out, "ckpt.pt")) else "no checkpoint had been written"
-            raise UserError(f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})")
+            kept = (
+                f"the last good checkpoint is {args.out}/ckpt.pt"
+                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
+                else "no checkpoint had been written"
+            )
+            raise UserError(
+                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
+            )
 
     meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
     try:
@@ -677,7 +804,9 @@ def train(args):
                 with autocast:
                     with torch.no_grad():
                         x_fake = G_train(z, y_fake)
-                    logits = D_train(torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])).float()
+                    logits = D_train(
+                        torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])
+                    ).float()
                     logits_real, logits_fake = logits[:B], logits[B:]
                     loss_D = hinge_loss_d(logits_real, logits_fake)
                 opt_D.zero_grad(set_to_none=True)
@@ -694,14 +823,24 @@ def train(args):
             scaler_G.scale(loss_G + loss_ortho).backward()
             scaler_G.step(opt_G)
             scaler_G.update()
-            update_ema(G_ema, G, beta if step >= args.ema_start else 0.0)  # G_ema = G until --ema-start
+            update_ema(
+                G_ema, G, beta if step >= args.ema_start else 0.0
+            )  # G_ema = G until --ema-start
             step += 1
-            meter.add(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean(),
-                      ortho=loss_ortho)
+            meter.add(
+                loss_D=loss_D,
+                loss_G=loss_G,
+                d_real=logits_real.mean(),
+                d_fake=logits_fake.mean(),
+                ortho=loss_ortho,
+            )
 
             if step % args.log_every == 0 or step == args.steps:
                 fail_if_not_finite()
-                dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
+                dt, rec = (
+                    time.time() - t_log,
+                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
+                )
                 rec.update(meter.means())
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
                 rec["mem_gb"] = peak_memory_gb(device)
@@ -715,11 +854,18 @@ def train(args):
             if sample_due(step, args) and rank == 0:
                 G_ema.eval()
                 with torch.no_grad():
-                    save_grid(G_ema(z_fixed, y_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"),
-                              nrow=8)
-                save_progress_gif(os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif"))
+                    save_grid(
+                        G_ema(z_fixed, y_fixed),
+                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
+                        nrow=8,
+                    )
+                save_progress_gif(
+                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
+                )
                 if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png"))
+                    plot_losses(
+                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
+                    )
             if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
                 fail_if_not_finite()
                 checkpoint()
@@ -750,57 +896,139 @@ def sample(args):
     if args.truncation is not None:
         tag += f"_trunc{args.truncation:g}"
     if args.interp:
-        path = save_gif(interpolation_frames(G, args.n, args.seed, args.truncation, y),
-                        os.path.join(folder, f"interp_{tag}.gif"))
+        path = save_gif(
+            interpolation_frames(G, args.n, args.seed, args.truncation, y),
+            os.path.join(folder, f"interp_{tag}.gif"),
+        )
     elif args.truncation_sweep:
-        path = save_gif(truncation_frames(G, args.n, args.seed, y), os.path.join(folder, f"truncation_{tag}.gif"))
+        path = save_gif(
+            truncation_frames(G, args.n, args.seed, y),
+            os.path.join(folder, f"truncation_{tag}.gif"),
+        )
     else:
-        path = save_grid(generate(G, args.n, args.seed, args.truncation, y),
-                         os.path.join(folder, f"samples_{tag}.png"), nrow=nrow)
+        path = save_grid(
+            generate(G, args.n, args.seed, args.truncation, y),
+            os.path.join(folder, f"samples_{tag}.png"),
+            nrow=nrow,
+        )
     print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="BigGAN (Brock et al. 2018) for anime faces.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
+    p = argparse.ArgumentParser(
+        description="BigGAN (Brock et al. 2018) for anime faces.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
+    )
     p.add_argument("--res", type=int, default=64, help="image resolution: 32, 64, 128 or 256")
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=positive_int, default=50000, help="generator updates to train for")
-    p.add_argument("--batch", type=positive_int, default=64, help="global batch, split across processes")
+    p.add_argument(
+        "--steps", type=positive_int, default=50000, help="generator updates to train for"
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=64, help="global batch, split across processes"
+    )
     p.add_argument("--lr-g", type=float, default=1e-4, help="generator Adam learning rate")
     p.add_argument("--lr-d", type=float, default=4e-4, help="discriminator Adam learning rate")
-    p.add_argument("--ema-kimg", type=float, default=444.0,
-                   help="G_ema half-life in thousands of images (444 = decay 0.9999 per step at batch 64)")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise, data order and samples")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
+    p.add_argument(
+        "--ema-kimg",
+        type=float,
+        default=444.0,
+        help="G_ema half-life in thousands of images (444 = decay 0.9999 per step at batch 64)",
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
+    )
     p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
-    p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
-    p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images (square grid, a class per row)")
-    p.add_argument("--truncation", type=positive_float, default=None, help="redraw z entries beyond |T| (sampling)")
-    p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
-    p.add_argument("--truncation-sweep", action="store_true",
-                   help="sampling mode: GIF of the same z as the truncation T goes from 2 to 0.1 and back")
-    p.add_argument("--class", dest="cls", metavar="NAME_OR_INDEX", help="sampling mode: only this class")
-    p.add_argument("--z-dim", type=int, default=120, help="latent size, split into one chunk per G block + 1")
+    p.add_argument(
+        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
+    )
+    p.add_argument(
+        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips",
+    )
+    p.add_argument(
+        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
+    )
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        default=64,
+        help="sampling mode: number of images (square grid, a class per row)",
+    )
+    p.add_argument(
+        "--truncation",
+        type=positive_float,
+        default=None,
+        help="redraw z entries beyond |T| (sampling)",
+    )
+    p.add_argument(
+        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
+    )
+    p.add_argument(
+        "--truncation-sweep",
+        action="store_true",
+        help="sampling mode: GIF of the same z as the truncation T goes from 2 to 0.1 and back",
+    )
+    p.add_argument(
+        "--class", dest="cls", metavar="NAME_OR_INDEX", help="sampling mode: only this class"
+    )
+    p.add_argument(
+        "--z-dim", type=int, default=120, help="latent size, split into one chunk per G block + 1"
+    )
     p.add_argument("--shared-dim", type=int, default=128, help="size of G's shared class embedding")
-    p.add_argument("--g-ch", type=int, default=64, help="G width multiplier: 16*ch channels at 4x4, 2*ch at 64x64")
-    p.add_argument("--d-ch", type=int, default=64, help="D width multiplier: ch channels at 64x64, 16*ch at 4x4")
-    p.add_argument("--attn-res", type=int, default=None, help="self-attention at this map size in G and D; "
-                   "unset: res/2 (32 for 64x64, 64 for 128x128); 0: none")
+    p.add_argument(
+        "--g-ch",
+        type=int,
+        default=64,
+        help="G width multiplier: 16*ch channels at 4x4, 2*ch at 64x64",
+    )
+    p.add_argument(
+        "--d-ch",
+        type=int,
+        default=64,
+        help="D width multiplier: ch channels at 64x64, 16*ch at 4x4",
+    )
+    p.add_argument(
+        "--attn-res",
+        type=int,
+        default=None,
+        help="self-attention at this map size in G and D; "
+        "unset: res/2 (32 for 64x64, 64 for 128x128); 0: none",
+    )
     p.add_argument("--n-dis", type=int, default=2, help="D steps per G step (the paper's 2)")
-    p.add_argument("--ortho-beta", type=float, default=1e-4, help="orthogonal regularisation strength beta")
-    p.add_argument("--ema-start", type=int, default=20000,
-                   help="G steps before G_ema starts averaging (a copy of G until then)")
+    p.add_argument(
+        "--ortho-beta", type=float, default=1e-4, help="orthogonal regularisation strength beta"
+    )
+    p.add_argument(
+        "--ema-start",
+        type=int,
+        default=20000,
+        help="G steps before G_ema starts averaging (a copy of G until then)",
+    )
     return parse_args(p, argv)
 
 

@@ -46,6 +46,7 @@ Usage
     torchrun --nproc_per_node=4 cgan.py --data ./faces
     python cgan.py --sample out/cgan/ckpt.pt --n 64 [--class blonde] [--interp]
 """
+
 import argparse
 import copy
 import json
@@ -61,12 +62,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import Batches, UserError, load_images, make_grid, plot_losses, save_gif, save_grid, save_progress_gif
+from common import (
+    Batches,
+    UserError,
+    load_images,
+    make_grid,
+    plot_losses,
+    save_gif,
+    save_grid,
+    save_progress_gif,
+)
 
 MODEL = "cgan"
 
 
 # --- model --------------------------------------------------------------------------------------
+
 
 def check_res(res):
     if res < 32 or res & (res - 1):
@@ -84,10 +95,17 @@ class Generator(nn.Module):
         n_up = int(math.log2(res)) - 2  # 4x4 -> res
         c = min(ch * 2 ** (n_up - 1), ch * 16)
         c_in = z_dim + (embed_dim if self.embed is not None else 0)
-        layers = [nn.ConvTranspose2d(c_in, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.LeakyReLU(slope, True)]
+        layers = [
+            nn.ConvTranspose2d(c_in, c, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(c),
+            nn.LeakyReLU(slope, True),
+        ]
         for _ in range(n_up - 1):
-            layers += [nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False), nn.BatchNorm2d(c // 2),
-                       nn.LeakyReLU(slope, True)]
+            layers += [
+                nn.ConvTranspose2d(c, c // 2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c // 2),
+                nn.LeakyReLU(slope, True),
+            ]
             c //= 2
         layers += [nn.ConvTranspose2d(c, 3, 4, 2, 1, bias=False), nn.Tanh()]
         self.net = nn.Sequential(*layers)
@@ -110,7 +128,11 @@ class Discriminator(nn.Module):
         c = ch
         for _ in range(n_down - 1):
             c2 = min(c * 2, ch * 16)
-            layers += [nn.Conv2d(c, c2, 4, 2, 1, bias=False), nn.BatchNorm2d(c2), nn.LeakyReLU(slope, True)]
+            layers += [
+                nn.Conv2d(c, c2, 4, 2, 1, bias=False),
+                nn.BatchNorm2d(c2),
+                nn.LeakyReLU(slope, True),
+            ]
             c = c2
         self.features = nn.Sequential(*layers)
         self.psi = nn.Conv2d(c, 1, 4, 1, 0, bias=False)
@@ -136,6 +158,7 @@ def init_weights(m):
 
 # --- losses and the recipe ----------------------------------------------------------------------
 
+
 def smoothed_targets(n, lo, hi, device="cpu"):
     """Soft labels, one per sample from U[lo, hi]: D is never asked for a certain 0 or 1, which
     keeps its logits (and G's gradients through them) from growing without bound."""
@@ -144,8 +167,9 @@ def smoothed_targets(n, lo, hi, device="cpu"):
 
 def loss_d(logits_real, logits_fake, t_real, t_fake):
     """-t log D(x) - (1 - t) log(1 - D(x)) on the real batch plus the same on the fake batch, on logits."""
-    return (F.binary_cross_entropy_with_logits(logits_real, t_real)
-            + F.binary_cross_entropy_with_logits(logits_fake, t_fake))
+    return F.binary_cross_entropy_with_logits(
+        logits_real, t_real
+    ) + F.binary_cross_entropy_with_logits(logits_fake, t_fake)
 
 
 def loss_g(logits_fake):
@@ -165,6 +189,7 @@ def add_noise(x, sigma):
 
 
 # --- EMA, sampling ------------------------------------------------------------------------------
+
 
 def ema_beta(batch, ema_kimg):
     """Per-step decay whose half-life is ema_kimg thousand images."""
@@ -193,18 +218,24 @@ def fixed_latents(n_classes, z_dim, seed, per_class=8):
     gen = torch.Generator().manual_seed(seed)
     if n_classes == 1:
         return sample_z(64, z_dim, gen), torch.zeros(64, dtype=torch.long)
-    return sample_z(per_class, z_dim, gen).repeat(n_classes, 1), torch.arange(n_classes).repeat_interleave(per_class)
+    return sample_z(per_class, z_dim, gen).repeat(n_classes, 1), torch.arange(
+        n_classes
+    ).repeat_interleave(per_class)
 
 
 def class_index(classes, key):
     """--class NAME_OR_INDEX -> label; a class name wins over an index."""
     if len(classes) == 1:
-        raise UserError("this checkpoint was trained unconditionally (its data had one class): drop --class")
+        raise UserError(
+            "this checkpoint was trained unconditionally (its data had one class): drop --class"
+        )
     if key in classes:
         return classes.index(key)
     if key.isdigit() and int(key) < len(classes):
         return int(key)
-    raise UserError(f"unknown class {key!r}; classes: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes)))
+    raise UserError(
+        f"unknown class {key!r}; classes: " + ", ".join(f"{i} {c}" for i, c in enumerate(classes))
+    )
 
 
 def load_checkpoint(path, device="cpu"):
@@ -224,7 +255,9 @@ def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
     ckpt = load_checkpoint(path, device)
     a = ckpt["args"]
-    G = Generator(a["res"], a["z_dim"], a["g_ch"], len(ckpt["classes"]), a["embed_dim"], a["slope"]).to(device)
+    G = Generator(
+        a["res"], a["z_dim"], a["g_ch"], len(ckpt["classes"]), a["embed_dim"], a["slope"]
+    ).to(device)
     G.load_state_dict(ckpt["G_ema"])
     G.classes = ckpt["classes"]
     return G.eval().requires_grad_(False)
@@ -232,7 +265,11 @@ def load_generator(path, device="cpu"):
 
 def labels_for(G, n, y=None):
     """y as a (n,) label tensor; None -> torch.arange(n) % number of classes; an int -> that class."""
-    return torch.arange(n) % len(G.classes) if y is None else torch.as_tensor(y, dtype=torch.long).expand(n)
+    return (
+        torch.arange(n) % len(G.classes)
+        if y is None
+        else torch.as_tensor(y, dtype=torch.long).expand(n)
+    )
 
 
 @torch.no_grad()
@@ -242,8 +279,12 @@ def generate(G, n, seed=0, truncation=None, y=None, batch=256):
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
     y = labels_for(G, n, y)
     device = next(G.parameters()).device
-    return torch.cat([G(z[i:i + batch].to(device), y[i:i + batch].to(device)).float().cpu()
-                      for i in range(0, n, batch)])
+    return torch.cat(
+        [
+            G(z[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu()
+            for i in range(0, n, batch)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -256,14 +297,19 @@ def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16, y=None
     y = labels_for(G, n, y).to(device)
     for k in range(keys):
         a, b = zs[k], zs[(k + 1) % keys]
-        omega = torch.arccos((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1))
+        omega = torch.arccos(
+            (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1)
+        )
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega).clamp_min(1e-6)
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(
+                omega
+            ).clamp_min(1e-6)
             frames.append(make_grid(G(z.to(device), y).float().cpu()))
     return frames
 
 
 # --- training skeleton --------------------------------------------------------------------------
+
 
 def is_cuda(device):
     """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
@@ -276,21 +322,35 @@ def setup_device(name):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(
+            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+            raise UserError(
+                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
+            )
         if world > 1 and device.index not in (None, local_rank):
-            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+            raise UserError(
+                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
+            )
         index = local_rank if world > 1 else device.index or 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+            raise UserError(
+                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -344,7 +404,9 @@ def rng_states(device):
 
 def set_rng_states(states, rank, device):
     if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
+        print(
+            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
+        )
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
     if is_cuda(device) and "cuda" in states[rank]:
@@ -389,7 +451,9 @@ class Meter:
 
     def means(self):
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        vals = (
+            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        )
         self.sums, self.n = {}, 0
         return dict(zip(keys, vals))
 
@@ -399,12 +463,22 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + (
+        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
+    )
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = (
+    "data",
+    "steps",
+    "device",
+    "compile",
+    "log_every",
+    "sample_every",
+    "ckpt_every",
+)
 
 
 def start_or_resume(args):
@@ -415,20 +489,30 @@ def start_or_resume(args):
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
-            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+            raise UserError(
+                f"{path} exists: pass --resume to continue that run, or choose another --out"
+            )
         return args, None
     ckpt = load_checkpoint(path)
     saved = ckpt["args"]
-    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    fixed = [
+        k
+        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
+        if k in saved and getattr(args, k) != saved[k]
+    ]
     if fixed:
         k = fixed[0]
-        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+        raise UserError(
+            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
+        )
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
     if int(os.environ.get("RANK", 0)) == 0:
         given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(f"resume: from the command line: {given}; from the checkpoint: "
-              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+        print(
+            f"resume: from the command line: {given}; from the checkpoint: "
+            + ", ".join(f"{k}={v}" for k, v in kept.items())
+        )
     return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
@@ -481,11 +565,12 @@ def parse_args(parser, argv=None):
     command line (for --resume), whatever their value."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    unset = (
+        object()
+    )  # argparse leaves an attribute that the namespace already has unless it is typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
-
 
 
 def mean_over_ranks(t):
@@ -499,6 +584,7 @@ def mean_over_ranks(t):
 
 # --- training -----------------------------------------------------------------------------------
 
+
 def train(args):
     args, ckpt = start_or_resume(args)
     check_res(args.res)
@@ -506,13 +592,17 @@ def train(args):
     precision, amp_dtype = setup_precision(args.precision, device)
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.batch % world:
-        raise UserError(f"--batch {args.batch} must be divisible by the number of processes ({world})")
+        raise UserError(
+            f"--batch {args.batch} must be divisible by the number of processes ({world})"
+        )
     torch.manual_seed(args.seed + rank)
     data = load_images(args.data, args.res, verbose=rank == 0)
     batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
     n_classes = len(data.classes)
     if ckpt is not None and ckpt["classes"] != data.classes:
-        raise UserError(f"--data has classes {data.classes} but {args.out}/ckpt.pt was trained on {ckpt['classes']}")
+        raise UserError(
+            f"--data has classes {data.classes} but {args.out}/ckpt.pt was trained on {ckpt['classes']}"
+        )
 
     G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.embed_dim, args.slope).to(device)
     D = Discriminator(args.res, args.d_ch, n_classes, args.slope).to(device)
@@ -525,8 +615,16 @@ def train(args):
     scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
     if ckpt is not None:
-        for name, obj in [("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D),
-                          ("scaler_G", scaler_G), ("scaler_D", scaler_D), ("loader", batches)]:
+        for name, obj in [
+            ("G", G),
+            ("D", D),
+            ("G_ema", G_ema),
+            ("opt_G", opt_G),
+            ("opt_D", opt_D),
+            ("scaler_G", scaler_G),
+            ("scaler_D", scaler_D),
+            ("loader", batches),
+        ]:
             obj.load_state_dict(ckpt[name])
         step = ckpt["step"]
         set_rng_states(ckpt["rng"], rank, device)
@@ -539,27 +637,49 @@ def train(args):
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     z_fixed, y_fixed = (t.to(device) for t in fixed_latents(n_classes, args.z_dim, args.seed))
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
+    say(
+        f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
         f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
-        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}")
+        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}"
+    )
     if n_classes == 1:
-        say(f"{MODEL}: the data has a single class: training unconditionally (no label embedding in G or D)")
+        say(
+            f"{MODEL}: the data has a single class: training unconditionally (no label embedding in G or D)"
+        )
     else:
-        say(f"{n_classes} classes, one per sample-grid row, top to bottom: {', '.join(data.classes)}")
+        say(
+            f"{n_classes} classes, one per sample-grid row, top to bottom: {', '.join(data.classes)}"
+        )
 
     def checkpoint():
-        ckpt = {"model": MODEL, "args": vars(args), "step": step, "classes": data.classes, "rng": rng_states(device),
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler_G": scaler_G.state_dict(),
-                "scaler_D": scaler_D.state_dict(), "loader": batches.state_dict()}
+        ckpt = {
+            "model": MODEL,
+            "args": vars(args),
+            "step": step,
+            "classes": data.classes,
+            "rng": rng_states(device),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(),
+            "scaler_D": scaler_D.state_dict(),
+            "loader": batches.state_dict(),
+        }
         if rank == 0:
             save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
 
     def fail_if_not_finite():
         if not finite(meter, G, D):
-            kept = f"the last good checkpoint is {args.out}/ckpt.pt" if os.path.exists(
-                os.path.join(args.out, "ckpt.pt")) else "no checkpoint had been written"
-            raise UserError(f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})")
+            kept = (
+                f"the last good checkpoint is {args.out}/ckpt.pt"
+                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
+                else "no checkpoint had been written"
+            )
+            raise UserError(
+                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
+            )
 
     def g_step(x_fake, y, sigma):
         with autocast:
@@ -581,9 +701,12 @@ def train(args):
                 x_fake = G_train(z, y_real)
                 logits_real = D_train(add_noise(x_real, sigma), y_real)
                 logits_fake = D_train(add_noise(x_fake.detach(), sigma), y_real)
-                loss_D = loss_d(logits_real.float(), logits_fake.float(),
-                                smoothed_targets(len(z), *args.real_target, device),
-                                smoothed_targets(len(z), *args.fake_target, device))
+                loss_D = loss_d(
+                    logits_real.float(),
+                    logits_fake.float(),
+                    smoothed_targets(len(z), *args.real_target, device),
+                    smoothed_targets(len(z), *args.fake_target, device),
+                )
             opt_D.zero_grad(set_to_none=True)
             scaler_D.scale(loss_D).backward()
             scaler_D.step(opt_D)
@@ -592,7 +715,10 @@ def train(args):
             loss_G = g_step(x_fake, y_real, sigma)
             # the branch must be the same on every rank (DDP all-reduces G's gradients inside it),
             # so it is taken on the loss averaged over ranks; the .item() costs one GPU sync a step
-            extra = math.isfinite(args.g_extra_threshold) and mean_over_ranks(loss_G) > args.g_extra_threshold
+            extra = (
+                math.isfinite(args.g_extra_threshold)
+                and mean_over_ranks(loss_G) > args.g_extra_threshold
+            )
             if extra:
                 z = torch.randn(x_real.shape[0], args.z_dim, device=device)
                 with autocast:
@@ -600,14 +726,24 @@ def train(args):
                 g_step(x_fake, y_real, sigma)
             # the half-life ramps up to --ema-kimg over the first 20x as many images (StyleGAN2-ADA's
             # ema_rampup 0.05), so that early samples are not dominated by the initial weights
-            update_ema(G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000)))
+            update_ema(
+                G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000))
+            )
             step += 1
-            meter.add(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean(),
-                      g_extra=torch.tensor(float(extra), device=device))
+            meter.add(
+                loss_D=loss_D,
+                loss_G=loss_G,
+                d_real=logits_real.mean(),
+                d_fake=logits_fake.mean(),
+                g_extra=torch.tensor(float(extra), device=device),
+            )
 
             if step % args.log_every == 0 or step == args.steps:
                 fail_if_not_finite()
-                dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
+                dt, rec = (
+                    time.time() - t_log,
+                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
+                )
                 rec.update(meter.means())
                 rec["noise"] = sigma
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
@@ -622,11 +758,18 @@ def train(args):
             if sample_due(step, args) and rank == 0:
                 G_ema.eval()
                 with torch.no_grad():
-                    save_grid(G_ema(z_fixed, y_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"),
-                              nrow=8)
-                save_progress_gif(os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif"))
+                    save_grid(
+                        G_ema(z_fixed, y_fixed),
+                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
+                        nrow=8,
+                    )
+                save_progress_gif(
+                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
+                )
                 if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png"))
+                    plot_losses(
+                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
+                    )
             if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
                 fail_if_not_finite()
                 checkpoint()
@@ -652,61 +795,141 @@ def sample(args):
         y = class_index(G.classes, args.class_name)
         tag += f"_{G.classes[y]}"
     if args.interp:
-        path = save_gif(interpolation_frames(G, args.n, args.seed, args.truncation, y=y),
-                        os.path.join(folder, f"interp_{tag}.gif"))
+        path = save_gif(
+            interpolation_frames(G, args.n, args.seed, args.truncation, y=y),
+            os.path.join(folder, f"interp_{tag}.gif"),
+        )
     else:
-        path = save_grid(generate(G, args.n, args.seed, args.truncation, y),
-                         os.path.join(folder, f"samples_{tag}.png"))
+        path = save_grid(
+            generate(G, args.n, args.seed, args.truncation, y),
+            os.path.join(folder, f"samples_{tag}.png"),
+        )
     print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="Conditional GAN (Mirza & Osindero 2014) with a projection D and a "
-                                            "stabilisation recipe, for anime faces with class subfolders.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
+    p = argparse.ArgumentParser(
+        description="Conditional GAN (Mirza & Osindero 2014) with a projection D and a "
+        "stabilisation recipe, for anime faces with class subfolders.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
+    )
     p.add_argument("--res", type=int, default=64, help="image resolution (power of two, >= 32)")
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=positive_int, default=30000,
-                   help="iterations: one D step and one G step each (two G steps past --g-extra-threshold)")
-    p.add_argument("--batch", type=positive_int, default=64, help="global batch, split across processes")
-    p.add_argument("--lr-g", type=float, default=1e-4, help="generator Adam learning rate (below D's)")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=30000,
+        help="iterations: one D step and one G step each (two G steps past --g-extra-threshold)",
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=64, help="global batch, split across processes"
+    )
+    p.add_argument(
+        "--lr-g", type=float, default=1e-4, help="generator Adam learning rate (below D's)"
+    )
     p.add_argument("--lr-d", type=float, default=2e-4, help="discriminator Adam learning rate")
-    p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise, data order and samples")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
+    p.add_argument(
+        "--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
+    )
     p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
-    p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
+    p.add_argument(
+        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
+    )
+    p.add_argument(
+        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips",
+    )
+    p.add_argument(
+        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
+    )
     p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images")
-    p.add_argument("--truncation", type=positive_float, default=None, help="redraw z entries beyond |T| (sampling)")
-    p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
-    p.add_argument("--class", dest="class_name", metavar="NAME_OR_INDEX", default=None,
-                   help="sampling mode: give every image this class (unset: the images cycle through the classes)")
+    p.add_argument(
+        "--truncation",
+        type=positive_float,
+        default=None,
+        help="redraw z entries beyond |T| (sampling)",
+    )
+    p.add_argument(
+        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
+    )
+    p.add_argument(
+        "--class",
+        dest="class_name",
+        metavar="NAME_OR_INDEX",
+        default=None,
+        help="sampling mode: give every image this class (unset: the images cycle through the classes)",
+    )
     p.add_argument("--z-dim", type=int, default=100, help="latent size (DCGAN's 100)")
-    p.add_argument("--g-ch", type=int, default=64, help="G width: channels of the last hidden layer")
+    p.add_argument(
+        "--g-ch", type=int, default=64, help="G width: channels of the last hidden layer"
+    )
     p.add_argument("--d-ch", type=int, default=64, help="D width: channels of the first layer")
-    p.add_argument("--embed-dim", type=int, default=50, help="size of G's class embedding, joined to z")
+    p.add_argument(
+        "--embed-dim", type=int, default=50, help="size of G's class embedding, joined to z"
+    )
     p.add_argument("--slope", type=float, default=0.1, help="LeakyReLU negative slope in G and D")
-    p.add_argument("--noise-std", type=float, default=0.75, help="instance noise: starting std of the Gaussian "
-                                                                 "noise added to every image D sees")
-    p.add_argument("--noise-kimg", type=float, default=1000.0,
-                   help="instance noise: thousands of real images over which its std falls linearly to 0")
-    p.add_argument("--real-target", type=float, nargs=2, default=[0.95, 1.0], metavar=("LO", "HI"),
-                   help="label smoothing: D's targets for real images are drawn from U[LO, HI]")
-    p.add_argument("--fake-target", type=float, nargs=2, default=[0.0, 0.05], metavar=("LO", "HI"),
-                   help="label smoothing: D's targets for fake images are drawn from U[LO, HI]")
-    p.add_argument("--g-extra-threshold", type=float, default=2.0,
-                   help="an extra G step in any iteration whose loss_G (mean over processes) exceeds this; "
-                        "inf: never")
+    p.add_argument(
+        "--noise-std",
+        type=float,
+        default=0.75,
+        help="instance noise: starting std of the Gaussian noise added to every image D sees",
+    )
+    p.add_argument(
+        "--noise-kimg",
+        type=float,
+        default=1000.0,
+        help="instance noise: thousands of real images over which its std falls linearly to 0",
+    )
+    p.add_argument(
+        "--real-target",
+        type=float,
+        nargs=2,
+        default=[0.95, 1.0],
+        metavar=("LO", "HI"),
+        help="label smoothing: D's targets for real images are drawn from U[LO, HI]",
+    )
+    p.add_argument(
+        "--fake-target",
+        type=float,
+        nargs=2,
+        default=[0.0, 0.05],
+        metavar=("LO", "HI"),
+        help="label smoothing: D's targets for fake images are drawn from U[LO, HI]",
+    )
+    p.add_argument(
+        "--g-extra-threshold",
+        type=float,
+        default=2.0,
+        help="an extra G step in any iteration whose loss_G (mean over processes) exceeds this; "
+        "inf: never",
+    )
     return parse_args(p, argv)
 
 

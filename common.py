@@ -10,6 +10,7 @@
 
 The cache lives in $GAN_CACHE_DIR, else $XDG_CACHE_HOME/anime-gans, else ~/.cache/anime-gans.
 """
+
 import hashlib
 import io
 import json
@@ -35,6 +36,7 @@ class UserError(ValueError):
 
 # --- reading images -----------------------------------------------------------------------------
 
+
 def _list_files(data):
     """[(relative path, size, mtime_ns)] of the images in a folder or zip, sorted by path."""
     if data.lower().endswith(".zip"):
@@ -42,9 +44,13 @@ def _list_files(data):
             raise UserError(f"zip file {data!r} not found")
         try:
             with zipfile.ZipFile(data) as zf:
-                return sorted((i.filename, i.file_size, 0) for i in zf.infolist()
-                              if not i.is_dir() and i.filename.lower().endswith(IMAGE_EXTS)
-                              and "__MACOSX" not in i.filename)
+                return sorted(
+                    (i.filename, i.file_size, 0)
+                    for i in zf.infolist()
+                    if not i.is_dir()
+                    and i.filename.lower().endswith(IMAGE_EXTS)
+                    and "__MACOSX" not in i.filename
+                )
         except zipfile.BadZipFile:
             raise UserError(f"{data!r} is not a valid zip file") from None
     if not os.path.isdir(data):
@@ -56,7 +62,9 @@ def _list_files(data):
             if name.lower().endswith(IMAGE_EXTS) and not name.startswith("."):
                 path = os.path.join(root, name)
                 st = os.stat(path)
-                files.append((os.path.relpath(path, data).replace(os.sep, "/"), st.st_size, st.st_mtime_ns))
+                files.append(
+                    (os.path.relpath(path, data).replace(os.sep, "/"), st.st_size, st.st_mtime_ns)
+                )
     return sorted(files)
 
 
@@ -75,7 +83,9 @@ def _class_of(paths):
 def _decode(raw, res):
     """Bytes of any image -> (res, res, 3) uint8: RGB, center-cropped square, antialiased resize."""
     im = Image.open(io.BytesIO(raw))
-    im.draft("RGB", (res, res))  # JPEG: decode at the smallest DCT scale still >= res (fast, antialiased)
+    im.draft(
+        "RGB", (res, res)
+    )  # JPEG: decode at the smallest DCT scale still >= res (fast, antialiased)
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
         a = np.asarray(im, dtype=np.float64)
         im = Image.fromarray((a * (255.0 / max(a.max(), 1.0))).clip(0, 255).astype(np.uint8))
@@ -91,7 +101,9 @@ def _decode(raw, res):
 
 
 def cache_dir():
-    default = os.path.join(os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "anime-gans")
+    default = os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "anime-gans"
+    )
     return os.environ.get("GAN_CACHE_DIR", default)
 
 
@@ -107,7 +119,9 @@ def load_images(data, res, verbose=True):
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found in {data!r}")
         key_src = [data, res, CACHE_VERSION, files]
     key = hashlib.sha1(json.dumps(key_src).encode()).hexdigest()[:16]
-    base = os.path.join(cache_dir(), f"{os.path.basename(str(data)).removesuffix('.zip')}_{res}px_{key}")
+    base = os.path.join(
+        cache_dir(), f"{os.path.basename(str(data)).removesuffix('.zip')}_{res}px_{key}"
+    )
     if not os.path.exists(base + ".json"):
         os.makedirs(cache_dir(), exist_ok=True)
         _build_cache(data, res, files, base, say)
@@ -144,7 +158,7 @@ def _build_cache(data, res, files, base, say):
         labels, n_ok = [], 0
         with open(tmp, "wb") as out, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for start in range(0, len(files), 4096):  # in chunks: bounded memory for huge sets
-                chunk = files[start:start + 4096]
+                chunk = files[start : start + 4096]
                 for name, arr in zip(names[start:], pool.map(read, [f[0] for f in chunk])):
                     if arr is not None:
                         out.write(arr.tobytes())
@@ -166,8 +180,14 @@ def _build_cache(data, res, files, base, say):
 
 # --- the built-in toy set -----------------------------------------------------------------------
 
-TOY_HAIR = {"black": (40, 36, 48), "blonde": (240, 210, 110), "blue": (70, 110, 220),
-            "pink": (245, 140, 190), "red": (200, 50, 45), "silver": (200, 205, 215)}
+TOY_HAIR = {
+    "black": (40, 36, 48),
+    "blonde": (240, 210, 110),
+    "blue": (70, 110, 220),
+    "pink": (245, 140, 190),
+    "red": (200, 50, 45),
+    "silver": (200, 205, 215),
+}
 TOY_EYES = [(60, 120, 230), (40, 170, 90), (200, 60, 60), (150, 80, 200), (230, 160, 40)]
 
 
@@ -191,25 +211,37 @@ def make_toy(res, n=4096, seed=0):
         d.ellipse([P(-50, -62), P(50, 55)], fill=hair)  # hair behind the face
         d.rounded_rectangle([P(-50, -20), P(50, r(50, 75))], radius=14 * s, fill=hair)
         d.ellipse([P(-36, -42), P(36, 46)], fill=skin)  # face
-        bangs = [P(-46, -30)] + [P(-40 + 10 * k, -10 + 14 * (k % 2) - 12) for k in range(9)] + [P(46, -30)]
+        bangs = (
+            [P(-46, -30)]
+            + [P(-40 + 10 * k, -10 + 14 * (k % 2) - 12) for k in range(9)]
+            + [P(46, -30)]
+        )
         d.polygon([P(-46, -58), P(46, -58)] + bangs[::-1], fill=hair)
         ey, gap = r(4, 10), r(14, 18)
         for side in (-1, 1):  # eyes: white, coloured iris, pupil, highlight
             ex = side * gap
-            d.ellipse([P(ex - 10, ey - 12), P(ex + 10, ey + 12)], fill=(255, 255, 255), outline=hair_dark)
+            d.ellipse(
+                [P(ex - 10, ey - 12), P(ex + 10, ey + 12)], fill=(255, 255, 255), outline=hair_dark
+            )
             d.ellipse([P(ex - 7, ey - 9), P(ex + 7, ey + 11)], fill=eye)
             d.ellipse([P(ex - 3, ey - 2), P(ex + 3, ey + 6)], fill=(20, 20, 30))
             d.ellipse([P(ex - 5, ey - 7), P(ex - 1, ey - 3)], fill=(255, 255, 255))
             d.line([P(ex - 11, ey - 14), P(ex + 9, ey - 16)], fill=hair_dark, width=2)
         my, mw = r(28, 33), r(3, 8)
         d.arc([P(-mw, my - 4), P(mw, my + 4)], 20, 160, fill=(170, 60, 70), width=2)  # mouth
-        im = im.rotate(r(-15, 15), resample=Image.BICUBIC, center=(cx + r(-8, 8), cy + r(-8, 8)),
-                       translate=(r(-8, 8), r(-6, 6)), fillcolor=im.getpixel((0, 0)))
+        im = im.rotate(
+            r(-15, 15),
+            resample=Image.BICUBIC,
+            center=(cx + r(-8, 8), cy + r(-8, 8)),
+            translate=(r(-8, 8), r(-6, 6)),
+            fillcolor=im.getpixel((0, 0)),
+        )
         images[i] = np.asarray(im.resize((res, res), Image.LANCZOS))
     return images, labels, classes
 
 
 # --- batches ------------------------------------------------------------------------------------
+
 
 class Batches:
     """Infinite shuffled batches (x in [-1, 1] on `device`, y labels), reproducible from `seed`.
@@ -219,7 +251,14 @@ class Batches:
 
     def __init__(self, data, batch, device, seed=0, rank=0, world=1, flip=True):
         self.images, self.labels = data.images, torch.from_numpy(data.labels)
-        self.batch, self.device, self.seed, self.rank, self.world, self.flip = batch, device, seed, rank, world, flip
+        self.batch, self.device, self.seed, self.rank, self.world, self.flip = (
+            batch,
+            device,
+            seed,
+            rank,
+            world,
+            flip,
+        )
         self.shard = len(self.labels) // world
         if self.shard == 0:
             raise UserError(f"{len(self.labels)} images cannot be split across {world} processes")
@@ -230,8 +269,8 @@ class Batches:
         rng = np.random.default_rng([self.seed, self.epoch])
         perm = rng.permutation(len(self.labels))
         flips = rng.random(len(self.labels)) < 0.5
-        self.order = perm[self.rank::self.world][:self.shard]
-        self.flips = flips[self.rank::self.world][:self.shard]
+        self.order = perm[self.rank :: self.world][: self.shard]
+        self.flips = flips[self.rank :: self.world][: self.shard]
 
     def __iter__(self):
         return self
@@ -250,10 +289,14 @@ class Batches:
         x = self.images[idx]  # (B, H, W, 3) uint8, a copy
         if self.flip:
             f = self.flips[j]
-            px = x.view(np.dtype((np.void, 3)))[..., 0]  # (B, H, W) of whole RGB pixels: 2x faster flips
+            px = x.view(np.dtype((np.void, 3)))[
+                ..., 0
+            ]  # (B, H, W) of whole RGB pixels: 2x faster flips
             px[f] = px[f, :, ::-1]
         x = torch.from_numpy(x).to(self.device, non_blocking=True)
-        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1], on the device
+        x = (
+            x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+        )  # (B, 3, H, W) in [-1, 1], on the device
         return x, self.labels[idx].to(self.device, non_blocking=True)
 
     def state_dict(self):
@@ -266,6 +309,7 @@ class Batches:
 
 # --- pictures out -------------------------------------------------------------------------------
 
+
 def make_grid(x, nrow=None, pad=2):
     """(N, 3, H, W) tensor in [-1, 1] -> PIL image, `nrow` images per row (default: square)."""
     x = ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
@@ -275,7 +319,11 @@ def make_grid(x, nrow=None, pad=2):
     grid = torch.full((3, rows * (h + pad) + pad, nrow * (w + pad) + pad), 255, dtype=torch.uint8)
     for i in range(n):
         r, c = divmod(i, nrow)
-        grid[:, pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = x[i]
+        grid[
+            :,
+            pad + r * (h + pad) : pad + r * (h + pad) + h,
+            pad + c * (w + pad) : pad + c * (w + pad) + w,
+        ] = x[i]
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
@@ -294,17 +342,23 @@ def save_gif(frames, path, ms=80):
 
 def save_progress_gif(samples_dir, path, max_frames=100):
     """progress.gif from the step_*.png grids in samples_dir (evenly thinned to max_frames)."""
-    names = sorted(n for n in os.listdir(samples_dir) if n.startswith("step_") and n.endswith(".png"))
+    names = sorted(
+        n for n in os.listdir(samples_dir) if n.startswith("step_") and n.endswith(".png")
+    )
     if len(names) > max_frames:
         names = [names[round(i * (len(names) - 1) / (max_frames - 1))] for i in range(max_frames)]
-    return save_gif([Image.open(os.path.join(samples_dir, n)).convert("RGB") for n in names], path, ms=200)
+    return save_gif(
+        [Image.open(os.path.join(samples_dir, n)).convert("RGB") for n in names], path, ms=200
+    )
 
 
 def plot_losses(log_path, png_path, keys=None, size=(720, 360)):
     """Draw the `loss_*` series (or `keys`) of a log.jsonl against step into a PNG."""
     recs = [json.loads(line) for line in open(log_path) if line.strip()]
     keys = keys or sorted({k for r in recs for k in r if k.startswith("loss")})
-    series = {k: [(r["step"], r[k]) for r in recs if math.isfinite(r.get(k, math.nan))] for k in keys}
+    series = {
+        k: [(r["step"], r[k]) for r in recs if math.isfinite(r.get(k, math.nan))] for k in keys
+    }
     series = {k: v for k, v in series.items() if v}
     W, H, L, B = size[0], size[1], 56, 28
     im = Image.new("RGB", size, "white")

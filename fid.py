@@ -34,6 +34,7 @@ Usage
         --inception ../shared/fid/pt_inception-2015-12-05.pth                  # offline weights
 The last line printed is `fid X | kid Y | n_real N | n_fake M`.
 """
+
 import argparse
 import hashlib
 import importlib
@@ -50,12 +51,15 @@ import torch.nn.functional as F
 from common import UserError, cache_dir, load_images
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-FID_WEIGHTS_URL = ("https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
-                   "pt_inception-2015-12-05-6726825d.pth")
+FID_WEIGHTS_URL = (
+    "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+    "pt_inception-2015-12-05-6726825d.pth"
+)
 PREPROCESS = "uint8 -> bilinear 299 (align_corners=False, no antialias) -> [-1, 1]"
 
 
 # --- the FID Inception-v3 -----------------------------------------------------------------------
+
 
 class BasicConv2d(nn.Module):
     """conv (no bias) -> BatchNorm (TF's eps 1e-3) -> ReLU."""
@@ -86,10 +90,15 @@ class FIDInceptionA(nn.Module):
         self.branch_pool = BasicConv2d(c_in, pool_features, kernel_size=1)
 
     def forward(self, x):
-        return torch.cat([self.branch1x1(x),
-                          self.branch5x5_2(self.branch5x5_1(x)),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          self.branch_pool(avg_pool_tf(x))], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch5x5_2(self.branch5x5_1(x)),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                self.branch_pool(avg_pool_tf(x)),
+            ],
+            1,
+        )
 
 
 class InceptionB(nn.Module):
@@ -103,9 +112,14 @@ class InceptionB(nn.Module):
         self.branch3x3dbl_3 = BasicConv2d(96, 96, kernel_size=3, stride=2)
 
     def forward(self, x):
-        return torch.cat([self.branch3x3(x),
-                          self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
-                          F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [
+                self.branch3x3(x),
+                self.branch3x3dbl_3(self.branch3x3dbl_2(self.branch3x3dbl_1(x))),
+                F.max_pool2d(x, 3, stride=2),
+            ],
+            1,
+        )
 
 
 class FIDInceptionC(nn.Module):
@@ -127,8 +141,13 @@ class FIDInceptionC(nn.Module):
     def forward(self, x):
         b7 = self.branch7x7_3(self.branch7x7_2(self.branch7x7_1(x)))
         b7dbl = x
-        for conv in (self.branch7x7dbl_1, self.branch7x7dbl_2, self.branch7x7dbl_3, self.branch7x7dbl_4,
-                     self.branch7x7dbl_5):
+        for conv in (
+            self.branch7x7dbl_1,
+            self.branch7x7dbl_2,
+            self.branch7x7dbl_3,
+            self.branch7x7dbl_4,
+            self.branch7x7dbl_5,
+        ):
             b7dbl = conv(b7dbl)
         return torch.cat([self.branch1x1(x), b7, b7dbl, self.branch_pool(avg_pool_tf(x))], 1)
 
@@ -147,7 +166,9 @@ class InceptionD(nn.Module):
 
     def forward(self, x):
         b7 = self.branch7x7x3_4(self.branch7x7x3_3(self.branch7x7x3_2(self.branch7x7x3_1(x))))
-        return torch.cat([self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1)
+        return torch.cat(
+            [self.branch3x3_2(self.branch3x3_1(x)), b7, F.max_pool2d(x, 3, stride=2)], 1
+        )
 
 
 class FIDInceptionE(nn.Module):
@@ -156,7 +177,9 @@ class FIDInceptionE(nn.Module):
 
     def __init__(self, c_in, pool):
         super().__init__()
-        self.pool = avg_pool_tf if pool == "avg" else (lambda x: F.max_pool2d(x, 3, stride=1, padding=1))
+        self.pool = (
+            avg_pool_tf if pool == "avg" else (lambda x: F.max_pool2d(x, 3, stride=1, padding=1))
+        )
         self.branch1x1 = BasicConv2d(c_in, 320, kernel_size=1)
         self.branch3x3_1 = BasicConv2d(c_in, 384, kernel_size=1)
         self.branch3x3_2a = BasicConv2d(384, 384, kernel_size=(1, 3), padding=(0, 1))
@@ -170,9 +193,17 @@ class FIDInceptionE(nn.Module):
     def forward(self, x):
         b3 = self.branch3x3_1(x)
         b3dbl = self.branch3x3dbl_2(self.branch3x3dbl_1(x))
-        return torch.cat([self.branch1x1(x), self.branch3x3_2a(b3), self.branch3x3_2b(b3),
-                          self.branch3x3dbl_3a(b3dbl), self.branch3x3dbl_3b(b3dbl),
-                          self.branch_pool(self.pool(x))], 1)
+        return torch.cat(
+            [
+                self.branch1x1(x),
+                self.branch3x3_2a(b3),
+                self.branch3x3_2b(b3),
+                self.branch3x3dbl_3a(b3dbl),
+                self.branch3x3dbl_3b(b3dbl),
+                self.branch_pool(self.pool(x)),
+            ],
+            1,
+        )
 
 
 class FIDInceptionV3(nn.Module):
@@ -205,8 +236,19 @@ class FIDInceptionV3(nn.Module):
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(F.max_pool2d(x, 3, stride=2)))
         x = F.max_pool2d(x, 3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         return x.mean((2, 3))  # (B, 2048): the global average pool
 
@@ -223,23 +265,38 @@ def load_inception(path=None, device="cpu"):
             raise UserError(f"{path} is not a readable state dict ({type(e).__name__})") from None
     else:
         try:
-            state = torch.hub.load_state_dict_from_url(FID_WEIGHTS_URL, map_location="cpu", progress=True,
-                                                       check_hash=True, weights_only=True)
+            state = torch.hub.load_state_dict_from_url(
+                FID_WEIGHTS_URL,
+                map_location="cpu",
+                progress=True,
+                check_hash=True,
+                weights_only=True,
+            )
         except Exception as e:
-            raise UserError(f"could not download the FID Inception weights ({type(e).__name__}: {e}); "
-                            f"pass --inception PATH to a local copy") from None
+            raise UserError(
+                f"could not download the FID Inception weights ({type(e).__name__}: {e}); "
+                f"pass --inception PATH to a local copy"
+            ) from None
     if not isinstance(state, dict):
         raise UserError(f"{path} holds a {type(state).__name__}, not a state dict")
-    state = {k: v for k, v in state.items() if k not in ("fc.weight", "fc.bias")}  # FID stops at pool3
+    state = {
+        k: v for k, v in state.items() if k not in ("fc.weight", "fc.bias")
+    }  # FID stops at pool3
     net = FIDInceptionV3()
     try:
         net.load_state_dict(state, strict=True)
     except RuntimeError:
         own = set(net.state_dict())
         missing, extra = sorted(own - set(state)), sorted(set(state) - own)
-        bad = sorted(k for k in own & set(state) if getattr(state[k], "shape", None) != net.state_dict()[k].shape)
-        raise UserError(f"{path or FID_WEIGHTS_URL} is not the FID Inception state dict (missing {missing[:3]}, "
-                        f"unexpected {extra[:3]}, wrong shape {bad[:3]})") from None
+        bad = sorted(
+            k
+            for k in own & set(state)
+            if getattr(state[k], "shape", None) != net.state_dict()[k].shape
+        )
+        raise UserError(
+            f"{path or FID_WEIGHTS_URL} is not the FID Inception state dict (missing {missing[:3]}, "
+            f"unexpected {extra[:3]}, wrong shape {bad[:3]})"
+        ) from None
     h = hashlib.sha1()
     for k in sorted(state):
         h.update(k.encode() + state[k].cpu().contiguous().numpy().tobytes())
@@ -247,6 +304,7 @@ def load_inception(path=None, device="cpu"):
 
 
 # --- FID and KID --------------------------------------------------------------------------------
+
 
 def statistics(features):
     """(N, d) features -> mean (d,) and covariance (d, d) with N-1, both float64."""
@@ -285,7 +343,7 @@ def fid_from_features(f_real, f_fake):
     mu1, mu2 = x.mean(0), y.mean(0)
     x, y = (x - mu1) / np.sqrt(len(x) - 1), (y - mu2) / np.sqrt(len(y) - 1)
     tr_covmean = np.linalg.svd(x @ y.T, compute_uv=False).sum()
-    return float(((mu1 - mu2) ** 2).sum() + (x ** 2).sum() + (y ** 2).sum() - 2 * tr_covmean)
+    return float(((mu1 - mu2) ** 2).sum() + (x**2).sum() + (y**2).sum() - 2 * tr_covmean)
 
 
 def kernel_inception_distance(f_real, f_fake, subsets=100, subset_size=1000, seed=0):
@@ -304,12 +362,15 @@ def kernel_inception_distance(f_real, f_fake, subsets=100, subset_size=1000, see
         x = x_all[rng.choice(len(x_all), m, replace=False)]
         y = y_all[rng.choice(len(y_all), m, replace=False)]
         k_xx, k_yy, k_xy = (x @ x.T / d + 1) ** 3, (y @ y.T / d + 1) ** 3, (x @ y.T / d + 1) ** 3
-        values.append((k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
-                      - 2 * k_xy.mean())
+        values.append(
+            (k_xx.sum() - np.trace(k_xx) + k_yy.sum() - np.trace(k_yy)) / (m * (m - 1))
+            - 2 * k_xy.mean()
+        )
     return float(np.mean(values)), float(np.std(values)), m
 
 
 # --- inputs: image sets and checkpoints ---------------------------------------------------------
+
 
 def read_checkpoint_header(path):
     """The model name and resolution a checkpoint was trained with."""
@@ -317,8 +378,10 @@ def read_checkpoint_header(path):
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
         return ckpt["model"], int(ckpt["args"]["res"])
     except Exception as e:
-        raise UserError(f"{path} is neither an image folder nor a readable model checkpoint "
-                        f"({type(e).__name__}: {e})") from None
+        raise UserError(
+            f"{path} is neither an image folder nor a readable model checkpoint "
+            f"({type(e).__name__}: {e})"
+        ) from None
 
 
 def is_checkpoint(spec):
@@ -338,8 +401,10 @@ class Progress:
             return
         self.t_last = now
         rate = done / max(now - self.t0, 1e-9)
-        print(f"{self.what}: {done}/{self.total} | {rate:.3g} img/s | eta {(self.total - done) / max(rate, 1e-9):.0f}s",
-              flush=True)
+        print(
+            f"{self.what}: {done}/{self.total} | {rate:.3g} img/s | eta {(self.total - done) / max(rate, 1e-9):.0f}s",
+            flush=True,
+        )
 
 
 @torch.no_grad()
@@ -347,7 +412,7 @@ def features_of_images(net, images, device, batch=64, what="features"):
     """(N, H, W, 3) uint8 array (a memmap is fine) -> (N, 2048) float32 features."""
     out, progress = [], Progress(what, len(images))
     for i in range(0, len(images), batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[i:i + batch])).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[i : i + batch])).to(device)
         out.append(net(x).float().cpu())
         progress(min(i + batch, len(images)))
     return torch.cat(out).numpy()
@@ -364,15 +429,19 @@ def features_of_checkpoint(net, path, n, device, batch=64, seed=0, truncation=No
     seed seed * 1_000_003 + k, so memory stays bounded), and return their features."""
     name, _ = read_checkpoint_header(path)
     if not name.isidentifier() or not os.path.isfile(os.path.join(HERE, f"{name}.py")):
-        raise UserError(f"{path} was written by model {name!r}, but there is no {name}.py beside fid.py")
+        raise UserError(
+            f"{path} was written by model {name!r}, but there is no {name}.py beside fid.py"
+        )
     sys.path.insert(0, HERE)
     mod = importlib.import_module(name)
     G = mod.load_generator(path, device)
     out, progress = [], Progress(f"features of {n} images from {path}", n)
     for k, start in enumerate(range(0, n, chunk)):
-        images = to_uint8(mod.generate(G, min(chunk, n - start), seed=seed * 1_000_003 + k, truncation=truncation))
+        images = to_uint8(
+            mod.generate(G, min(chunk, n - start), seed=seed * 1_000_003 + k, truncation=truncation)
+        )
         for i in range(0, len(images), batch):
-            out.append(net(images[i:i + batch].to(device)).float().cpu())
+            out.append(net(images[i : i + batch].to(device)).float().cpu())
             progress(start + min(i + batch, len(images)))
     return torch.cat(out).numpy()
 
@@ -387,13 +456,21 @@ def features_of_set(net, weights_id, spec, res, n, device, batch=64, use_cache=T
     images = data.images[idx] if len(idx) < len(data.labels) else data.images
     h = hashlib.sha1(f"{weights_id}|{PREPROCESS}|{images.shape}".encode())
     for i in range(0, len(images), 4096):
-        h.update(np.ascontiguousarray(images[i:i + 4096]).tobytes())
-    base = os.path.basename(os.path.abspath(spec).rstrip("/")).removesuffix(".zip") if spec != "toy" else "toy"
-    path = os.path.join(cache_dir(), "fid", f"{base}_{res}px_n{len(images)}_{h.hexdigest()[:16]}.npy")
+        h.update(np.ascontiguousarray(images[i : i + 4096]).tobytes())
+    base = (
+        os.path.basename(os.path.abspath(spec).rstrip("/")).removesuffix(".zip")
+        if spec != "toy"
+        else "toy"
+    )
+    path = os.path.join(
+        cache_dir(), "fid", f"{base}_{res}px_n{len(images)}_{h.hexdigest()[:16]}.npy"
+    )
     if use_cache and os.path.isfile(path):
         print(f"{spec}: cached features of {len(images)} images ({path})")
         return np.load(path)
-    f = features_of_images(net, images, device, batch, what=f"features of {len(images)} images from {spec}")
+    f = features_of_images(
+        net, images, device, batch, what=f"features of {len(images)} images from {spec}"
+    )
     if use_cache:
         os.makedirs(os.path.dirname(path), exist_ok=True)
         tmp = f"{path}.{os.getpid()}.tmp.npy"
@@ -404,10 +481,17 @@ def features_of_set(net, weights_id, spec, res, n, device, batch=64, use_cache=T
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def measure(args):
     t0 = time.time()
     if args.device == "auto":
-        args.device = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        args.device = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     device = torch.device(args.device)
     if device.type == "cuda":  # full fp32 convolutions: TF32 would move FID in the 2nd-3rd digit
         torch.backends.cudnn.allow_tf32 = False
@@ -415,54 +499,99 @@ def measure(args):
     ckpt_res = [read_checkpoint_header(s)[1] for s in (args.real, args.fake) if is_checkpoint(s)]
     res = args.res or (ckpt_res[0] if ckpt_res else 64)
     net, weights_id = load_inception(args.inception, device)
-    print(f"fid: Inception-v3 (weights {weights_id}) on {device} | image sets at {res}x{res} | "
-          f"resize to 299 bilinear, as pytorch-fid")
+    print(
+        f"fid: Inception-v3 (weights {weights_id}) on {device} | image sets at {res}x{res} | "
+        f"resize to 299 bilinear, as pytorch-fid"
+    )
     feats = []
     for spec in (args.real, args.fake):
         if is_checkpoint(spec):
-            f = features_of_checkpoint(net, spec, args.n or 10_000, device, args.batch, args.seed, args.truncation)
+            f = features_of_checkpoint(
+                net, spec, args.n or 10_000, device, args.batch, args.seed, args.truncation
+            )
         else:
-            f = features_of_set(net, weights_id, spec, res, args.n, device, args.batch, not args.no_cache)
+            f = features_of_set(
+                net, weights_id, spec, res, args.n, device, args.batch, not args.no_cache
+            )
         feats.append(f)
     f_real, f_fake = feats
     if min(len(f_real), len(f_fake)) < 2:
         raise UserError("FID needs at least 2 images on each side")
     fid = fid_from_features(f_real, f_fake)
-    kid, kid_std, m = kernel_inception_distance(f_real, f_fake, args.kid_subsets, args.kid_subset_size)
-    result = {"fid": fid, "kid": kid, "n_real": len(f_real), "n_fake": len(f_fake), "kid_std": kid_std,
-              "kid_subsets": args.kid_subsets if m < max(len(f_real), len(f_fake)) else 1,
-              "kid_subset_size": m, "real": args.real, "fake": args.fake, "res": res, "weights": weights_id,
-              "preprocess": PREPROCESS, "seconds": round(time.time() - t0, 1)}
+    kid, kid_std, m = kernel_inception_distance(
+        f_real, f_fake, args.kid_subsets, args.kid_subset_size
+    )
+    result = {
+        "fid": fid,
+        "kid": kid,
+        "n_real": len(f_real),
+        "n_fake": len(f_fake),
+        "kid_std": kid_std,
+        "kid_subsets": args.kid_subsets if m < max(len(f_real), len(f_fake)) else 1,
+        "kid_subset_size": m,
+        "real": args.real,
+        "fake": args.fake,
+        "res": res,
+        "weights": weights_id,
+        "preprocess": PREPROCESS,
+        "seconds": round(time.time() - t0, 1),
+    }
     if args.json:
         os.makedirs(os.path.dirname(os.path.abspath(args.json)), exist_ok=True)
         with open(args.json, "w") as f:
             json.dump(result, f, indent=1)
-    print(f"kid over {result['kid_subsets']} subset(s) of {m} per side: std {kid_std:.6f} | "
-          f"{result['seconds']:.0f}s" + (f" | wrote {args.json}" if args.json else ""))
+    print(
+        f"kid over {result['kid_subsets']} subset(s) of {m} per side: std {kid_std:.6f} | "
+        f"{result['seconds']:.0f}s" + (f" | wrote {args.json}" if args.json else "")
+    )
     print(f"fid {fid:.4f} | kid {kid:.6f} | n_real {len(f_real)} | n_fake {len(f_fake)}")
     return result
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="FID and KID between two image sets or checkpoints.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    p = argparse.ArgumentParser(
+        description="FID and KID between two image sets or checkpoints.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
     p.add_argument("real", help="image folder, .zip, 'toy', or a model checkpoint")
     p.add_argument("fake", help="image folder, .zip, 'toy', or a model checkpoint")
-    p.add_argument("--n", type=int, default=None,
-                   help="images per side: drawn from a checkpoint (default 10000); for an image set, a fixed "
-                        "random subset of n (default: all)")
-    p.add_argument("--res", type=int, default=None,
-                   help="resolution image sets are read at (default: the checkpoint's, else 64)")
-    p.add_argument("--inception", metavar="PATH", default=None,
-                   help="local FID Inception weights (pytorch-fid layout, with or without fc); default: "
-                        "download the pytorch-fid release once into the torch hub cache")
+    p.add_argument(
+        "--n",
+        type=int,
+        default=None,
+        help="images per side: drawn from a checkpoint (default 10000); for an image set, a fixed "
+        "random subset of n (default: all)",
+    )
+    p.add_argument(
+        "--res",
+        type=int,
+        default=None,
+        help="resolution image sets are read at (default: the checkpoint's, else 64)",
+    )
+    p.add_argument(
+        "--inception",
+        metavar="PATH",
+        default=None,
+        help="local FID Inception weights (pytorch-fid layout, with or without fc); default: "
+        "download the pytorch-fid release once into the torch hub cache",
+    )
     p.add_argument("--batch", type=int, default=64, help="images per Inception forward pass")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    p.add_argument("--seed", type=int, default=0, help="seed for the images drawn from a checkpoint")
-    p.add_argument("--truncation", type=float, default=None, help="passed to the model's generate()")
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for the images drawn from a checkpoint"
+    )
+    p.add_argument(
+        "--truncation", type=float, default=None, help="passed to the model's generate()"
+    )
     p.add_argument("--kid-subsets", type=int, default=100, help="KID: number of random subsets")
-    p.add_argument("--kid-subset-size", type=int, default=1000, help="KID: images per side in a subset")
-    p.add_argument("--no-cache", action="store_true", help="recompute image-set features, write no cache")
+    p.add_argument(
+        "--kid-subset-size", type=int, default=1000, help="KID: images per side in a subset"
+    )
+    p.add_argument(
+        "--no-cache", action="store_true", help="recompute image-set features, write no cache"
+    )
     p.add_argument("--json", metavar="PATH", help="also write the result to this JSON file")
     args = p.parse_args(argv)
     if args.n is not None and args.n < 2:

@@ -39,6 +39,7 @@ Usage
     torchrun --nproc_per_node=4 sagan.py --data ./faces
     python sagan.py --sample out/sagan/ckpt.pt --n 64 [--interp]
 """
+
 import argparse
 import copy
 import json
@@ -54,7 +55,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import Batches, UserError, load_images, make_grid, plot_losses, save_gif, save_grid, save_progress_gif
+from common import (
+    Batches,
+    UserError,
+    load_images,
+    make_grid,
+    plot_losses,
+    save_gif,
+    save_grid,
+    save_progress_gif,
+)
 
 MODEL = "sagan"
 Z_STD, Z_BOUND = 0.5, 1.0  # z ~ N(0, Z_STD^2) truncated to [-Z_BOUND, Z_BOUND] (the seed's finding)
@@ -62,12 +72,15 @@ Z_STD, Z_BOUND = 0.5, 1.0  # z ~ N(0, Z_STD^2) truncated to [-Z_BOUND, Z_BOUND] 
 
 # --- model --------------------------------------------------------------------------------------
 
+
 def check_res(res, attn_res=None):
     if res < 32 or res & (res - 1):
         raise UserError(f"{MODEL} builds power-of-two resolutions from 32 up; got --res {res}")
-    sizes = [2 ** k for k in range(2, int(math.log2(res)))]
+    sizes = [2**k for k in range(2, int(math.log2(res)))]
     if attn_res is not None and attn_res not in sizes:
-        raise UserError(f"--attn-res must be a hidden feature-map size, one of {sizes}; got {attn_res}")
+        raise UserError(
+            f"--attn-res must be a hidden feature-map size, one of {sizes}; got {attn_res}"
+        )
 
 
 class SpectralNorm(nn.Module):
@@ -102,7 +115,9 @@ class SNConv2d(nn.Conv2d):
         self.sn = SpectralNorm(self.weight.shape[0], self.weight[0].numel())
 
     def forward(self, x):
-        return self._conv_forward(x, self.sn(self.weight.flatten(1)).view_as(self.weight), self.bias)
+        return self._conv_forward(
+            x, self.sn(self.weight.flatten(1)).view_as(self.weight), self.bias
+        )
 
 
 class SNConvTranspose2d(nn.ConvTranspose2d):
@@ -129,13 +144,15 @@ class SelfAttention(nn.Module):
         super().__init__()
         c_bar = max(c // 8, 1)
         self.query = SNConv2d(c, c_bar, 1, bias=False)  # g
-        self.key = SNConv2d(c, c_bar, 1, bias=False)    # f
+        self.key = SNConv2d(c, c_bar, 1, bias=False)  # f
         self.value = SNConv2d(c, c_bar, 1, bias=False)  # h
-        self.out = SNConv2d(c_bar, c, 1, bias=False)    # v
+        self.out = SNConv2d(c_bar, c, 1, bias=False)  # v
         self.gamma = nn.Parameter(torch.zeros(()))
 
     def qkv(self, x):
-        return [m(x).flatten(2).transpose(1, 2)[:, None] for m in (self.query, self.key, self.value)]  # (B, 1, N, C/8)
+        return [
+            m(x).flatten(2).transpose(1, 2)[:, None] for m in (self.query, self.key, self.value)
+        ]  # (B, 1, N, C/8)
 
     def attention_map(self, x):
         """beta (B, N, N) of eq. 1: row j is how much output position j takes from each position i.
@@ -149,14 +166,18 @@ class SelfAttention(nn.Module):
     def forward(self, x):
         B, C, H, W = x.shape
         q, k, v = self.qkv(x)
-        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C/8); eq. 1 has no 1/sqrt(d)
+        o = F.scaled_dot_product_attention(
+            q, k, v, scale=1.0
+        )  # (B, 1, N, C/8); eq. 1 has no 1/sqrt(d)
         return x + self.gamma * self.out(o[:, 0].transpose(1, 2).reshape(B, -1, H, W))
 
 
 def upsample_conv(c_in, c_out, mode):
     """x2 upsampling: a stride-2 transposed conv (the seed's default), or nearest + 3x3 conv."""
     if mode == "nearest":
-        return nn.Sequential(nn.Upsample(scale_factor=2, mode="nearest"), SNConv2d(c_in, c_out, 3, 1, 1, bias=False))
+        return nn.Sequential(
+            nn.Upsample(scale_factor=2, mode="nearest"), SNConv2d(c_in, c_out, 3, 1, 1, bias=False)
+        )
     return SNConvTranspose2d(c_in, c_out, 4, 2, 1, bias=False)
 
 
@@ -170,7 +191,11 @@ class Generator(nn.Module):
         attn_res = attn_res or res // 2
         n_up = int(math.log2(res)) - 2  # 4x4 -> res
         c, r = min(ch * 2 ** (n_up - 1), ch * 16), 4
-        layers = [SNConvTranspose2d(z_dim, c, 4, 1, 0, bias=False), nn.BatchNorm2d(c), nn.ReLU(True)]
+        layers = [
+            SNConvTranspose2d(z_dim, c, 4, 1, 0, bias=False),
+            nn.BatchNorm2d(c),
+            nn.ReLU(True),
+        ]
         for _ in range(n_up - 1):
             layers += [SelfAttention(c)] if r == attn_res else []
             layers += [upsample_conv(c, c // 2, upsample), nn.BatchNorm2d(c // 2), nn.ReLU(True)]
@@ -222,6 +247,7 @@ def attention_gamma(model):
 
 # --- losses -------------------------------------------------------------------------------------
 
+
 def hinge_loss_d(logits_real, logits_fake):
     """hinge loss (Lim & Ye 2017), as in SNGAN/SAGAN: D gets no gradient from samples it already
     classifies beyond the margin, which keeps it from overfitting easy examples."""
@@ -234,6 +260,7 @@ def hinge_loss_g(logits_fake):
 
 
 # --- EMA, sampling ------------------------------------------------------------------------------
+
 
 def ema_beta(batch, ema_kimg):
     """Per-step decay whose half-life is ema_kimg thousand images."""
@@ -252,7 +279,9 @@ def sample_z(n, z_dim, gen=None, truncation=None, device="cpu"):
     """z ~ N(0, Z_STD^2 I) truncated to [-Z_BOUND, Z_BOUND] (training and samples); --truncation T
     moves the bound to [-T, T]. Drawn by inverse CDF, so no redraw loop syncs the GPU."""
     bound = Z_BOUND if truncation is None else truncation
-    return nn.init.trunc_normal_(torch.empty(n, z_dim, device=device), 0.0, Z_STD, -bound, bound, generator=gen)
+    return nn.init.trunc_normal_(
+        torch.empty(n, z_dim, device=device), 0.0, Z_STD, -bound, bound, generator=gen
+    )
 
 
 def load_checkpoint(path, device="cpu"):
@@ -284,7 +313,7 @@ def generate(G, n, seed=0, truncation=None, y=None, batch=256):
     y (class labels) is accepted for a common signature and ignored: this SAGAN is unconditional."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
     device = next(G.parameters()).device
-    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
 
 
 @torch.no_grad()
@@ -295,14 +324,19 @@ def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16):
     device, frames = next(G.parameters()).device, []
     for k in range(keys):
         a, b = zs[k], zs[(k + 1) % keys]
-        omega = torch.arccos((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1))
+        omega = torch.arccos(
+            (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1)
+        )
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega).clamp_min(1e-6)
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(
+                omega
+            ).clamp_min(1e-6)
             frames.append(make_grid(G(z.to(device)).float().cpu()))
     return frames
 
 
 # --- training skeleton --------------------------------------------------------------------------
+
 
 def is_cuda(device):
     """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
@@ -315,21 +349,35 @@ def setup_device(name):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(
+            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+            raise UserError(
+                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
+            )
         if world > 1 and device.index not in (None, local_rank):
-            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+            raise UserError(
+                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
+            )
         index = local_rank if world > 1 else device.index or 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+            raise UserError(
+                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -383,7 +431,9 @@ def rng_states(device):
 
 def set_rng_states(states, rank, device):
     if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
+        print(
+            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
+        )
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
     if is_cuda(device) and "cuda" in states[rank]:
@@ -428,7 +478,9 @@ class Meter:
 
     def means(self):
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        vals = (
+            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        )
         self.sums, self.n = {}, 0
         return dict(zip(keys, vals))
 
@@ -438,12 +490,22 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + (
+        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
+    )
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = (
+    "data",
+    "steps",
+    "device",
+    "compile",
+    "log_every",
+    "sample_every",
+    "ckpt_every",
+)
 
 
 def start_or_resume(args):
@@ -454,20 +516,30 @@ def start_or_resume(args):
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
-            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+            raise UserError(
+                f"{path} exists: pass --resume to continue that run, or choose another --out"
+            )
         return args, None
     ckpt = load_checkpoint(path)
     saved = ckpt["args"]
-    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    fixed = [
+        k
+        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
+        if k in saved and getattr(args, k) != saved[k]
+    ]
     if fixed:
         k = fixed[0]
-        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+        raise UserError(
+            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
+        )
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
     if int(os.environ.get("RANK", 0)) == 0:
         given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(f"resume: from the command line: {given}; from the checkpoint: "
-              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+        print(
+            f"resume: from the command line: {given}; from the checkpoint: "
+            + ", ".join(f"{k}={v}" for k, v in kept.items())
+        )
     return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
@@ -520,13 +592,16 @@ def parse_args(parser, argv=None):
     command line (for --resume), whatever their value."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    unset = (
+        object()
+    )  # argparse leaves an attribute that the namespace already has unless it is typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
 
 
 # --- training -----------------------------------------------------------------------------------
+
 
 def train(args):
     args, ckpt = start_or_resume(args)
@@ -535,7 +610,9 @@ def train(args):
     precision, amp_dtype = setup_precision(args.precision, device)
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.batch % world:
-        raise UserError(f"--batch {args.batch} must be divisible by the number of processes ({world})")
+        raise UserError(
+            f"--batch {args.batch} must be divisible by the number of processes ({world})"
+        )
     torch.manual_seed(args.seed + rank)
     data = load_images(args.data, args.res, verbose=rank == 0)
     batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
@@ -545,14 +622,24 @@ def train(args):
     G.apply(init_weights)
     D.apply(init_weights)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.9))  # sec. 5: TTUR, beta1 = 0
+    opt_G = torch.optim.Adam(
+        G.parameters(), lr=args.lr_g, betas=(0.0, 0.9)
+    )  # sec. 5: TTUR, beta1 = 0
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.9))
     scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
     if ckpt is not None:
-        for name, obj in [("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D),
-                          ("scaler_G", scaler_G), ("scaler_D", scaler_D), ("loader", batches)]:
+        for name, obj in [
+            ("G", G),
+            ("D", D),
+            ("G_ema", G_ema),
+            ("opt_G", opt_G),
+            ("opt_D", opt_D),
+            ("scaler_G", scaler_G),
+            ("scaler_D", scaler_D),
+            ("loader", batches),
+        ]:
             obj.load_state_dict(ckpt[name])
         step = ckpt["step"]
         set_rng_states(ckpt["rng"], rank, device)
@@ -565,23 +652,41 @@ def train(args):
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     z_fixed = sample_z(64, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
+    say(
+        f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
         f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
-        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}")
+        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}"
+    )
 
     def checkpoint():
-        ckpt = {"model": MODEL, "args": vars(args), "step": step, "classes": data.classes, "rng": rng_states(device),
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler_G": scaler_G.state_dict(),
-                "scaler_D": scaler_D.state_dict(), "loader": batches.state_dict()}
+        ckpt = {
+            "model": MODEL,
+            "args": vars(args),
+            "step": step,
+            "classes": data.classes,
+            "rng": rng_states(device),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(),
+            "scaler_D": scaler_D.state_dict(),
+            "loader": batches.state_dict(),
+        }
         if rank == 0:
             save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
 
     def fail_if_not_finite():
         if not finite(meter, G, D):
-            kept = f"the last good checkpoint is {args.out}/ckpt.pt" if os.path.exists(
-                os.path.join(args.out, "ckpt.pt")) else "no checkpoint had been written"
-            raise UserError(f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})")
+            kept = (
+                f"the last good checkpoint is {args.out}/ckpt.pt"
+                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
+                else "no checkpoint had been written"
+            )
+            raise UserError(
+                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
+            )
 
     meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
     try:
@@ -591,7 +696,9 @@ def train(args):
             z = sample_z(x_real.shape[0], args.z_dim, device=device)
             with autocast:
                 x_fake = G_train(z)
-                logits_real, logits_fake = D_train(torch.cat([x_real, x_fake.detach()])).float().chunk(2)
+                logits_real, logits_fake = (
+                    D_train(torch.cat([x_real, x_fake.detach()])).float().chunk(2)
+                )
                 loss_D = hinge_loss_d(logits_real, logits_fake)
             opt_D.zero_grad(set_to_none=True)
             scaler_D.scale(loss_D).backward()
@@ -606,14 +713,25 @@ def train(args):
             scaler_G.update()
             # the half-life ramps up to --ema-kimg over the first 20x as many images (StyleGAN2-ADA's
             # ema_rampup 0.05), so that early samples are not dominated by the initial weights
-            update_ema(G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000)))
+            update_ema(
+                G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000))
+            )
             step += 1
-            meter.add(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean(),
-                      gamma_G=attention_gamma(G), gamma_D=attention_gamma(D))
+            meter.add(
+                loss_D=loss_D,
+                loss_G=loss_G,
+                d_real=logits_real.mean(),
+                d_fake=logits_fake.mean(),
+                gamma_G=attention_gamma(G),
+                gamma_D=attention_gamma(D),
+            )
 
             if step % args.log_every == 0 or step == args.steps:
                 fail_if_not_finite()
-                dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
+                dt, rec = (
+                    time.time() - t_log,
+                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
+                )
                 rec.update(meter.means())
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
                 rec["mem_gb"] = peak_memory_gb(device)
@@ -627,10 +745,18 @@ def train(args):
             if sample_due(step, args) and rank == 0:
                 G_ema.eval()
                 with torch.no_grad():
-                    save_grid(G_ema(z_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"), nrow=8)
-                save_progress_gif(os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif"))
+                    save_grid(
+                        G_ema(z_fixed),
+                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
+                        nrow=8,
+                    )
+                save_progress_gif(
+                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
+                )
                 if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png"))
+                    plot_losses(
+                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
+                    )
             if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
                 fail_if_not_finite()
                 checkpoint()
@@ -653,48 +779,110 @@ def sample(args):
     G = load_generator(args.sample, device)
     folder, tag = os.path.dirname(args.sample) or ".", f"seed{args.seed}"
     if args.interp:
-        path = save_gif(interpolation_frames(G, args.n, args.seed, args.truncation),
-                        os.path.join(folder, f"interp_{tag}.gif"))
+        path = save_gif(
+            interpolation_frames(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"interp_{tag}.gif"),
+        )
     else:
-        path = save_grid(generate(G, args.n, args.seed, args.truncation), os.path.join(folder, f"samples_{tag}.png"))
+        path = save_grid(
+            generate(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"samples_{tag}.png"),
+        )
     print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="SAGAN (Zhang et al. 2018) for anime faces.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
+    p = argparse.ArgumentParser(
+        description="SAGAN (Zhang et al. 2018) for anime faces.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
+    )
     p.add_argument("--res", type=int, default=64, help="image resolution (power of two, >= 32)")
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=positive_int, default=30000, help="generator updates to train for")
-    p.add_argument("--batch", type=positive_int, default=64, help="global batch, split across processes")
-    p.add_argument("--lr-g", type=float, default=1e-4, help="generator Adam learning rate (TTUR, sec. 4.2)")
-    p.add_argument("--lr-d", type=float, default=4e-4, help="discriminator Adam learning rate (TTUR, sec. 4.2)")
-    p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise, data order and samples")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
+    p.add_argument(
+        "--steps", type=positive_int, default=30000, help="generator updates to train for"
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=64, help="global batch, split across processes"
+    )
+    p.add_argument(
+        "--lr-g", type=float, default=1e-4, help="generator Adam learning rate (TTUR, sec. 4.2)"
+    )
+    p.add_argument(
+        "--lr-d", type=float, default=4e-4, help="discriminator Adam learning rate (TTUR, sec. 4.2)"
+    )
+    p.add_argument(
+        "--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
+    )
     p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
-    p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
+    p.add_argument(
+        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
+    )
+    p.add_argument(
+        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips",
+    )
+    p.add_argument(
+        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
+    )
     p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images")
-    p.add_argument("--truncation", type=positive_float, default=None,
-                   help="sampling: truncate z to [-T, T] instead of the training range [-1, 1]")
-    p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
-    p.add_argument("--z-dim", type=int, default=128, help="latent size (128, as in the CNNs of Miyato et al. 2018)")
-    p.add_argument("--g-ch", type=int, default=64, help="G width: channels of the last hidden layer")
+    p.add_argument(
+        "--truncation",
+        type=positive_float,
+        default=None,
+        help="sampling: truncate z to [-T, T] instead of the training range [-1, 1]",
+    )
+    p.add_argument(
+        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
+    )
+    p.add_argument(
+        "--z-dim",
+        type=int,
+        default=128,
+        help="latent size (128, as in the CNNs of Miyato et al. 2018)",
+    )
+    p.add_argument(
+        "--g-ch", type=int, default=64, help="G width: channels of the last hidden layer"
+    )
     p.add_argument("--d-ch", type=int, default=64, help="D width: channels of the first layer")
-    p.add_argument("--attn-res", type=int, default=None,
-                   help="feature-map size of the self-attention block in G and D (default res/2: 32 at 64x64)")
-    p.add_argument("--upsample", default="convtranspose", choices=["convtranspose", "nearest"],
-                   help="G's x2 upsampling: stride-2 transposed conv (the seed's choice) or nearest + 3x3 conv")
+    p.add_argument(
+        "--attn-res",
+        type=int,
+        default=None,
+        help="feature-map size of the self-attention block in G and D (default res/2: 32 at 64x64)",
+    )
+    p.add_argument(
+        "--upsample",
+        default="convtranspose",
+        choices=["convtranspose", "nearest"],
+        help="G's x2 upsampling: stride-2 transposed conv (the seed's choice) or nearest + 3x3 conv",
+    )
     return parse_args(p, argv)
 
 

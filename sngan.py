@@ -32,6 +32,7 @@ Usage
     torchrun --nproc_per_node=4 sngan.py --data ./faces
     python sngan.py --sample out/sngan/ckpt.pt --n 64 [--walk | --interp | --truncation-sweep]
 """
+
 import argparse
 import copy
 import json
@@ -47,12 +48,22 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import Batches, UserError, load_images, make_grid, plot_losses, save_gif, save_grid, save_progress_gif
+from common import (
+    Batches,
+    UserError,
+    load_images,
+    make_grid,
+    plot_losses,
+    save_gif,
+    save_grid,
+    save_progress_gif,
+)
 
 MODEL = "sngan"
 
 
 # --- model --------------------------------------------------------------------------------------
+
 
 def check_res(res):
     if res < 32 or res & (res - 1):
@@ -67,7 +78,9 @@ def sn_weight(layer):
     (W, u) give the same sigma in both modes. u and v are constants for autograd: d sigma / dW is
     then u v^T (sec. 2.3), and W's gradient gains the term that makes W / sigma scale-free."""
     W = layer.weight.reshape(layer.weight.shape[0], -1)  # (out, in*kh*kw)
-    with torch.autocast(W.device.type, enabled=False):  # bf16 keeps 8 significant bits: sigma in fp32
+    with torch.autocast(
+        W.device.type, enabled=False
+    ):  # bf16 keeps 8 significant bits: sigma in fp32
         with torch.no_grad():
             if layer.training:
                 layer.u.copy_(F.normalize(W @ F.normalize(W.t() @ layer.u, dim=0), dim=0))
@@ -80,7 +93,9 @@ def sn_weight(layer):
 
 def add_spectral_norm(layer):
     layer.gamma = nn.Parameter(torch.ones(()))
-    layer.register_buffer("u", F.normalize(torch.randn(layer.weight.shape[0]), dim=0))  # in state_dict: resumes exactly
+    layer.register_buffer(
+        "u", F.normalize(torch.randn(layer.weight.shape[0]), dim=0)
+    )  # in state_dict: resumes exactly
 
 
 class SNConv2d(nn.Conv2d):
@@ -114,8 +129,8 @@ class GBlock(nn.Module):
 
     def __init__(self, cin, cout):
         super().__init__()
-        self.bn1, self.conv1 = nn.BatchNorm2d(cin), glorot(nn.Conv2d(cin, cout, 3, 1, 1), 2 ** 0.5)
-        self.bn2, self.conv2 = nn.BatchNorm2d(cout), glorot(nn.Conv2d(cout, cout, 3, 1, 1), 2 ** 0.5)
+        self.bn1, self.conv1 = nn.BatchNorm2d(cin), glorot(nn.Conv2d(cin, cout, 3, 1, 1), 2**0.5)
+        self.bn2, self.conv2 = nn.BatchNorm2d(cout), glorot(nn.Conv2d(cout, cout, 3, 1, 1), 2**0.5)
         self.skip = glorot(nn.Conv2d(cin, cout, 1))
 
     def forward(self, x):
@@ -133,10 +148,17 @@ class DBlock(nn.Module):
     def __init__(self, cin, cout, down=True, first=False):
         super().__init__()
         self.first = first
-        self.conv1 = glorot(SNConv2d(cin, cout, 3, 1, 1), 2 ** 0.5)
-        self.conv2 = glorot(SNConv2d(cout, cout, 4, 2, 1) if down else SNConv2d(cout, cout, 3, 1, 1), 2 ** 0.5)
-        self.skip = (glorot(SNConv2d(cin, cout, 2, 2, 0)) if down
-                     else glorot(SNConv2d(cin, cout, 1)) if cin != cout else nn.Identity())
+        self.conv1 = glorot(SNConv2d(cin, cout, 3, 1, 1), 2**0.5)
+        self.conv2 = glorot(
+            SNConv2d(cout, cout, 4, 2, 1) if down else SNConv2d(cout, cout, 3, 1, 1), 2**0.5
+        )
+        self.skip = (
+            glorot(SNConv2d(cin, cout, 2, 2, 0))
+            if down
+            else glorot(SNConv2d(cin, cout, 1))
+            if cin != cout
+            else nn.Identity()
+        )
 
     def forward(self, x):
         h = self.conv1(x if self.first else F.relu(x))
@@ -151,11 +173,15 @@ class Generator(nn.Module):
         super().__init__()
         self.res, self.z_dim = res, z_dim
         n_up = int(math.log2(res)) - 2  # 4x4 -> res
-        chs = [ch * min(2 ** (n_up - i), 8) for i in range(n_up + 1)]  # 64x64, ch 64: 512 512 256 128 64
+        chs = [
+            ch * min(2 ** (n_up - i), 8) for i in range(n_up + 1)
+        ]  # 64x64, ch 64: 512 512 256 128 64
         self.c0 = chs[0]
         self.linear = glorot(nn.Linear(z_dim, 4 * 4 * chs[0]))
         self.blocks = nn.Sequential(*[GBlock(a, b) for a, b in zip(chs, chs[1:])])
-        self.out = nn.Sequential(nn.BatchNorm2d(chs[-1]), nn.ReLU(), glorot(nn.Conv2d(chs[-1], 3, 1)), nn.Tanh())
+        self.out = nn.Sequential(
+            nn.BatchNorm2d(chs[-1]), nn.ReLU(), glorot(nn.Conv2d(chs[-1], 3, 1)), nn.Tanh()
+        )
 
     def forward(self, z):
         return self.out(self.blocks(self.linear(z).view(-1, self.c0, 4, 4)))
@@ -169,7 +195,7 @@ class Discriminator(nn.Module):
     def __init__(self, res=64, ch=64):
         super().__init__()
         n_down = int(math.log2(res)) - 2  # res -> 4x4
-        chs = [ch * min(2 ** i, 8) for i in range(n_down)]  # 64x64, ch 64: 64 128 256 512
+        chs = [ch * min(2**i, 8) for i in range(n_down)]  # 64x64, ch 64: 64 128 256 512
         blocks = [DBlock(3, chs[0], first=True)] + [DBlock(a, b) for a, b in zip(chs, chs[1:])]
         self.blocks = nn.Sequential(*blocks, DBlock(chs[-1], chs[-1], down=False))
         self.linear = glorot(SNLinear(chs[-1], 1))
@@ -184,6 +210,7 @@ class Discriminator(nn.Module):
 
 # --- losses -------------------------------------------------------------------------------------
 
+
 def hinge_loss_d(logits_real, logits_fake):
     """Hinge loss (Lim & Ye 2017), as in SNGAN: D gets no gradient from samples it already
     classifies beyond the margin of 1, which keeps it from overfitting easy examples."""
@@ -195,6 +222,7 @@ def hinge_loss_g(logits_fake):
 
 
 # --- EMA, sampling ------------------------------------------------------------------------------
+
 
 def ema_beta(batch, ema_kimg):
     """Per-step decay whose half-life is ema_kimg thousand images."""
@@ -246,7 +274,7 @@ def generate(G, n, seed=0, truncation=None, y=None, batch=256):
     y (class labels) is accepted for a common signature and ignored: SNGAN here is unconditional."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
     device = next(G.parameters()).device
-    return torch.cat([G(z[i:i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
+    return torch.cat([G(z[i : i + batch].to(device)).float().cpu() for i in range(0, n, batch)])
 
 
 @torch.no_grad()
@@ -257,9 +285,13 @@ def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16):
     device, frames = next(G.parameters()).device, []
     for k in range(keys):
         a, b = zs[k], zs[(k + 1) % keys]
-        omega = torch.arccos((F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1))
+        omega = torch.arccos(
+            (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1)
+        )
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega).clamp_min(1e-6)
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(
+                omega
+            ).clamp_min(1e-6)
             frames.append(make_grid(G(z.to(device)).float().cpu()))
     return frames
 
@@ -273,7 +305,7 @@ def walk_frames(G, n, seed=0, truncation=None, steps=64, step_size=0.15):
     device, frames = next(G.parameters()).device, []
     for _ in range(steps):
         frames.append(make_grid(G(z.to(device)).float().cpu()))
-        z = math.sqrt(1 - step_size ** 2) * z + step_size * sample_z(n, G.z_dim, gen, truncation)
+        z = math.sqrt(1 - step_size**2) * z + step_size * sample_z(n, G.z_dim, gen, truncation)
     return frames
 
 
@@ -282,13 +314,14 @@ def truncation_sweep_frames(G, n, seed=0, truncation=None, lo=0.3, hi=3.0, steps
     """Frames of the same n latents scaled to std lo..hi and back. Cubic spacing puts most frames
     at std <= 1 (2/3 of them), where G was trained, and fewer in the tail where images break up."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    stds = [lo + (hi - lo) * t ** 3 for t in torch.linspace(0, 1, steps).tolist()]
+    stds = [lo + (hi - lo) * t**3 for t in torch.linspace(0, 1, steps).tolist()]
     device = next(G.parameters()).device
     frames = [make_grid(G((s * z).to(device)).float().cpu()) for s in stds]
     return frames + frames[-2:0:-1]
 
 
 # --- training skeleton --------------------------------------------------------------------------
+
 
 def is_cuda(device):
     """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
@@ -301,21 +334,35 @@ def setup_device(name):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(
+            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+            raise UserError(
+                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
+            )
         if world > 1 and device.index not in (None, local_rank):
-            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+            raise UserError(
+                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
+            )
         index = local_rank if world > 1 else device.index or 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+            raise UserError(
+                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -369,7 +416,9 @@ def rng_states(device):
 
 def set_rng_states(states, rank, device):
     if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
+        print(
+            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
+        )
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
     if is_cuda(device) and "cuda" in states[rank]:
@@ -414,7 +463,9 @@ class Meter:
 
     def means(self):
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        vals = (
+            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        )
         self.sums, self.n = {}, 0
         return dict(zip(keys, vals))
 
@@ -424,12 +475,22 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + (
+        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
+    )
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = (
+    "data",
+    "steps",
+    "device",
+    "compile",
+    "log_every",
+    "sample_every",
+    "ckpt_every",
+)
 
 
 def start_or_resume(args):
@@ -440,20 +501,30 @@ def start_or_resume(args):
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
-            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+            raise UserError(
+                f"{path} exists: pass --resume to continue that run, or choose another --out"
+            )
         return args, None
     ckpt = load_checkpoint(path)
     saved = ckpt["args"]
-    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    fixed = [
+        k
+        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
+        if k in saved and getattr(args, k) != saved[k]
+    ]
     if fixed:
         k = fixed[0]
-        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+        raise UserError(
+            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
+        )
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
     if int(os.environ.get("RANK", 0)) == 0:
         given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(f"resume: from the command line: {given}; from the checkpoint: "
-              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+        print(
+            f"resume: from the command line: {given}; from the checkpoint: "
+            + ", ".join(f"{k}={v}" for k, v in kept.items())
+        )
     return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
@@ -506,13 +577,16 @@ def parse_args(parser, argv=None):
     command line (for --resume), whatever their value."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    unset = (
+        object()
+    )  # argparse leaves an attribute that the namespace already has unless it is typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
 
 
 # --- training -----------------------------------------------------------------------------------
+
 
 def train(args):
     args, ckpt = start_or_resume(args)
@@ -521,7 +595,9 @@ def train(args):
     precision, amp_dtype = setup_precision(args.precision, device)
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.batch % world:
-        raise UserError(f"--batch {args.batch} must be divisible by the number of processes ({world})")
+        raise UserError(
+            f"--batch {args.batch} must be divisible by the number of processes ({world})"
+        )
     torch.manual_seed(args.seed + rank)
     data = load_images(args.data, args.res, verbose=rank == 0)
     batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
@@ -535,8 +611,16 @@ def train(args):
     scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     step = 0
     if ckpt is not None:
-        for name, obj in [("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D),
-                          ("scaler_G", scaler_G), ("scaler_D", scaler_D), ("loader", batches)]:
+        for name, obj in [
+            ("G", G),
+            ("D", D),
+            ("G_ema", G_ema),
+            ("opt_G", opt_G),
+            ("opt_D", opt_D),
+            ("scaler_G", scaler_G),
+            ("scaler_D", scaler_D),
+            ("loader", batches),
+        ]:
             obj.load_state_dict(ckpt[name])
         step = ckpt["step"]
         set_rng_states(ckpt["rng"], rank, device)
@@ -549,23 +633,41 @@ def train(args):
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     z_fixed = sample_z(64, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
+    say(
+        f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res} | "
         f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
-        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}")
+        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}"
+    )
 
     def checkpoint():
-        ckpt = {"model": MODEL, "args": vars(args), "step": step, "classes": data.classes, "rng": rng_states(device),
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler_G": scaler_G.state_dict(),
-                "scaler_D": scaler_D.state_dict(), "loader": batches.state_dict()}
+        ckpt = {
+            "model": MODEL,
+            "args": vars(args),
+            "step": step,
+            "classes": data.classes,
+            "rng": rng_states(device),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(),
+            "scaler_D": scaler_D.state_dict(),
+            "loader": batches.state_dict(),
+        }
         if rank == 0:
             save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
 
     def fail_if_not_finite():
         if not finite(meter, G, D):
-            kept = f"the last good checkpoint is {args.out}/ckpt.pt" if os.path.exists(
-                os.path.join(args.out, "ckpt.pt")) else "no checkpoint had been written"
-            raise UserError(f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})")
+            kept = (
+                f"the last good checkpoint is {args.out}/ckpt.pt"
+                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
+                else "no checkpoint had been written"
+            )
+            raise UserError(
+                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
+            )
 
     meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
     try:
@@ -590,14 +692,24 @@ def train(args):
             scaler_G.update()
             # the half-life ramps up to --ema-kimg over the first 20x as many images (StyleGAN2-ADA's
             # ema_rampup 0.05), so that early samples are not dominated by the initial weights
-            update_ema(G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000)))
+            update_ema(
+                G_ema, G, ema_beta(args.batch, min(args.ema_kimg, 0.05 * step * args.batch / 1000))
+            )
             step += 1
-            meter.add(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean(),
-                      gamma=D.gammas().mean())
+            meter.add(
+                loss_D=loss_D,
+                loss_G=loss_G,
+                d_real=logits_real.mean(),
+                d_fake=logits_fake.mean(),
+                gamma=D.gammas().mean(),
+            )
 
             if step % args.log_every == 0 or step == args.steps:
                 fail_if_not_finite()
-                dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
+                dt, rec = (
+                    time.time() - t_log,
+                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
+                )
                 rec.update(meter.means())
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
                 rec["mem_gb"] = peak_memory_gb(device)
@@ -611,10 +723,18 @@ def train(args):
             if sample_due(step, args) and rank == 0:
                 G_ema.eval()
                 with torch.no_grad():
-                    save_grid(G_ema(z_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"), nrow=8)
-                save_progress_gif(os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif"))
+                    save_grid(
+                        G_ema(z_fixed),
+                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
+                        nrow=8,
+                    )
+                save_progress_gif(
+                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
+                )
                 if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png"))
+                    plot_losses(
+                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
+                    )
             if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
                 fail_if_not_finite()
                 checkpoint()
@@ -639,51 +759,112 @@ def sample(args):
     G = load_generator(args.sample, device)
     folder, tag = os.path.dirname(args.sample) or ".", f"seed{args.seed}"
     if args.walk:
-        path = save_gif(walk_frames(G, args.n, args.seed, args.truncation), os.path.join(folder, f"walk_{tag}.gif"))
+        path = save_gif(
+            walk_frames(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"walk_{tag}.gif"),
+        )
     elif args.interp:
-        path = save_gif(interpolation_frames(G, args.n, args.seed, args.truncation),
-                        os.path.join(folder, f"interp_{tag}.gif"))
+        path = save_gif(
+            interpolation_frames(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"interp_{tag}.gif"),
+        )
     elif args.truncation_sweep:
-        path = save_gif(truncation_sweep_frames(G, args.n, args.seed, args.truncation),
-                        os.path.join(folder, f"truncation_sweep_{tag}.gif"))
+        path = save_gif(
+            truncation_sweep_frames(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"truncation_sweep_{tag}.gif"),
+        )
     else:
-        path = save_grid(generate(G, args.n, args.seed, args.truncation), os.path.join(folder, f"samples_{tag}.png"))
+        path = save_grid(
+            generate(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"samples_{tag}.png"),
+        )
     print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="SNGAN (Miyato et al. 2018), ResNet version, for anime faces.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
+    p = argparse.ArgumentParser(
+        description="SNGAN (Miyato et al. 2018), ResNet version, for anime faces.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
+    )
     p.add_argument("--res", type=int, default=64, help="image resolution (power of two, >= 32)")
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=positive_int, default=30000, help="generator updates to train for")
-    p.add_argument("--batch", type=positive_int, default=64, help="global batch, split across processes")
+    p.add_argument(
+        "--steps", type=positive_int, default=30000, help="generator updates to train for"
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=64, help="global batch, split across processes"
+    )
     p.add_argument("--lr-g", type=float, default=1e-4, help="generator Adam learning rate")
-    p.add_argument("--lr-d", type=float, default=4e-4, help="discriminator Adam learning rate (TTUR: above G's)")
-    p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise, data order and samples")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
+    p.add_argument(
+        "--lr-d",
+        type=float,
+        default=4e-4,
+        help="discriminator Adam learning rate (TTUR: above G's)",
+    )
+    p.add_argument(
+        "--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
+    )
     p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
-    p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
+    p.add_argument(
+        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
+    )
+    p.add_argument(
+        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips",
+    )
+    p.add_argument(
+        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
+    )
     p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images")
-    p.add_argument("--truncation", type=positive_float, default=None, help="redraw z entries beyond |T| (sampling)")
-    p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
+    p.add_argument(
+        "--truncation",
+        type=positive_float,
+        default=None,
+        help="redraw z entries beyond |T| (sampling)",
+    )
+    p.add_argument(
+        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
+    )
     p.add_argument("--walk", action="store_true", help="sampling mode: GIF of a random walk in z")
-    p.add_argument("--truncation-sweep", action="store_true",
-                   help="sampling mode: GIF of fixed latents scaled from std 0.3 to 3, cubically spaced")
+    p.add_argument(
+        "--truncation-sweep",
+        action="store_true",
+        help="sampling mode: GIF of fixed latents scaled from std 0.3 to 3, cubically spaced",
+    )
     p.add_argument("--z-dim", type=int, default=128, help="latent size (the paper's 128)")
-    p.add_argument("--g-ch", type=int, default=64, help="G width: channels of the last block (8x at 4x4)")
-    p.add_argument("--d-ch", type=int, default=64, help="D width: channels of the first block (8x at 4x4)")
+    p.add_argument(
+        "--g-ch", type=int, default=64, help="G width: channels of the last block (8x at 4x4)"
+    )
+    p.add_argument(
+        "--d-ch", type=int, default=64, help="D width: channels of the first block (8x at 4x4)"
+    )
     return parse_args(p, argv)
 
 

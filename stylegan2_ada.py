@@ -54,6 +54,7 @@ Usage
     torchrun --nproc_per_node=4 stylegan2_ada.py --data ./faces
     python stylegan2_ada.py --sample out/stylegan2_ada/ckpt.pt --n 64 [--truncation 0.7] [--interp | --mixing]
 """
+
 import argparse
 import contextlib
 import copy
@@ -69,16 +70,37 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
-from common import Batches, UserError, load_images, make_grid, plot_losses, save_gif, save_grid, save_progress_gif
+from common import (
+    Batches,
+    UserError,
+    load_images,
+    make_grid,
+    plot_losses,
+    save_gif,
+    save_grid,
+    save_progress_gif,
+)
 
 MODEL = "stylegan2_ada"
 FIR = [1.0, 3.0, 3.0, 1.0]
-SYM6 = [0.015404109327027373, 0.0034907120842174702, -0.11799011114819057, -0.048311742585633,
-        0.4910559419267466, 0.787641141030194, 0.3379294217276218, -0.07263752278646252,
-        -0.021060292512300564, 0.04472490177066578, 0.0017677118642428036, -0.007800708325034148]
+SYM6 = [
+    0.015404109327027373,
+    0.0034907120842174702,
+    -0.11799011114819057,
+    -0.048311742585633,
+    0.4910559419267466,
+    0.787641141030194,
+    0.3379294217276218,
+    -0.07263752278646252,
+    -0.021060292512300564,
+    0.04472490177066578,
+    0.0017677118642428036,
+    -0.007800708325034148,
+]
 
 
 # --- model --------------------------------------------------------------------------------------
+
 
 def check_res(res):
     if res < 32 or res > 1024 or res & (res - 1):
@@ -90,9 +112,15 @@ def upfirdn2d(x, f, up=1, down=1, pad=(0, 0), gain=1.0):
     normalised to sum 1; times `gain`), keep every down-th pixel: the official CUDA op in plain PyTorch."""
     B, C, H, W = x.shape
     if up > 1:
-        x = F.pad(x.reshape(B, C, H, 1, W, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(B, C, H * up, W * up)
-    f = (torch.outer(f, f) * (gain / f.sum() ** 2)).flip([0, 1]).to(x.dtype)  # flipped: a true convolution
-    return F.conv2d(F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), f.expand(C, 1, *f.shape), stride=down, groups=C)
+        x = F.pad(x.reshape(B, C, H, 1, W, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(
+            B, C, H * up, W * up
+        )
+    f = (
+        (torch.outer(f, f) * (gain / f.sum() ** 2)).flip([0, 1]).to(x.dtype)
+    )  # flipped: a true convolution
+    return F.conv2d(
+        F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), f.expand(C, 1, *f.shape), stride=down, groups=C
+    )
 
 
 def upsample2d(x, f):
@@ -149,7 +177,9 @@ class Conv(nn.Module):
     def forward(self, x, gain=1.0):
         w = self.weight * self.w_gain
         if self.down:
-            x = F.conv2d(upfirdn2d(x, self.fir, pad=(self.k // 2 + 1, self.k // 2 + 1)), w, stride=2)
+            x = F.conv2d(
+                upfirdn2d(x, self.fir, pad=(self.k // 2 + 1, self.k // 2 + 1)), w, stride=2
+            )
         else:
             x = F.conv2d(x, w, padding=self.k // 2)
         return bias_act(x, self.bias, self.act, gain)
@@ -164,7 +194,9 @@ class MappingNetwork(nn.Module):
         self.z_dim, self.classes, self.num_ws, self.w_avg_beta = z_dim, classes, num_ws, w_avg_beta
         self.embed = FC(classes, w_dim) if classes else None
         dims = [z_dim + (w_dim if classes else 0)] + [w_dim] * layers
-        self.net = nn.Sequential(*[FC(a, b, act=True, lr_mul=0.01) for a, b in zip(dims[:-1], dims[1:])])
+        self.net = nn.Sequential(
+            *[FC(a, b, act=True, lr_mul=0.01) for a, b in zip(dims[:-1], dims[1:])]
+        )
         self.register_buffer("w_avg", torch.zeros(w_dim))
 
     def forward(self, z, y=None, psi=1.0, cutoff=None, update_w_avg=True):
@@ -224,8 +256,11 @@ class SynthesisLayer(nn.Module):
         if self.demod:
             x = x * d[:, :, None, None]
         if self.noise_strength is not None:
-            noise = (torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype) if self.training
-                     else self.noise_const)
+            noise = (
+                torch.randn(x.shape[0], 1, *x.shape[2:], device=x.device, dtype=x.dtype)
+                if self.training
+                else self.noise_const
+            )
             x = x + noise * self.noise_strength
         return bias_act(x, self.bias, self.act)
 
@@ -262,32 +297,42 @@ class SynthesisBlock(nn.Module):
 class Generator(nn.Module):
     """z (B, z_dim), y (B,) labels or None -> image (B, 3, res, res), roughly in [-1, 1]."""
 
-    def __init__(self, res=64, z_dim=512, w_dim=512, classes=0, cbase=16384, cmax=512, map_layers=8):
+    def __init__(
+        self, res=64, z_dim=512, w_dim=512, classes=0, cbase=16384, cmax=512, map_layers=8
+    ):
         super().__init__()
         self.res, self.z_dim, self.c_dim = res, z_dim, classes
         blocks, c_in = [], 0
-        for r in [2 ** i for i in range(2, int(math.log2(res)) + 1)]:
+        for r in [2**i for i in range(2, int(math.log2(res)) + 1)]:
             c = min(cbase // r, cmax)
             blocks.append(SynthesisBlock(c_in, c, w_dim, r, amp=r >= max(res // 8, 8)))
             c_in = c
         self.blocks = nn.ModuleList(blocks)
-        self.num_ws = sum(b.num_conv for b in blocks) + 1  # toRGB of block i shares conv0's w of block i+1
+        self.num_ws = (
+            sum(b.num_conv for b in blocks) + 1
+        )  # toRGB of block i shares conv0's w of block i+1
         self.mapping = MappingNetwork(z_dim, w_dim, classes, map_layers, self.num_ws)
 
     def synthesis(self, ws):
         x = img = None
         i = 0
         for b in self.blocks:
-            x, img = b(x, img, ws[:, i:i + b.num_conv + 1])
+            x, img = b(x, img, ws[:, i : i + b.num_conv + 1])
             i += b.num_conv
         return img
 
     def forward(self, z, y=None, psi=1.0, cutoff=None, mix_prob=0.0, return_ws=False):
         ws = self.mapping(z, y, psi, cutoff)
-        if mix_prob > 0:  # style mixing regularisation (StyleGAN sec. 3.1): a second w from layer k on
+        if (
+            mix_prob > 0
+        ):  # style mixing regularisation (StyleGAN sec. 3.1): a second w from layer k on
             k = torch.randint(1, self.num_ws, (), device=ws.device)
-            mix = (torch.arange(self.num_ws, device=ws.device) >= k) & (torch.rand((), device=ws.device) < mix_prob)
-            ws = torch.where(mix[None, :, None], self.mapping(torch.randn_like(z), y, update_w_avg=False), ws)
+            mix = (torch.arange(self.num_ws, device=ws.device) >= k) & (
+                torch.rand((), device=ws.device) < mix_prob
+            )
+            ws = torch.where(
+                mix[None, :, None], self.mapping(torch.randn_like(z), y, update_w_avg=False), ws
+            )
         img = self.synthesis(ws)
         return (img, ws) if return_ws else img
 
@@ -308,7 +353,9 @@ class DiscriminatorBlock(nn.Module):
             x = x if self.amp else x.float()
             if self.fromrgb is not None:
                 x = self.fromrgb(x)
-            return self.skip(x, gain=math.sqrt(0.5)) + self.conv1(self.conv0(x), gain=math.sqrt(0.5))
+            return self.skip(x, gain=math.sqrt(0.5)) + self.conv1(
+                self.conv0(x), gain=math.sqrt(0.5)
+            )
 
 
 def minibatch_std(x, group=4):
@@ -331,8 +378,12 @@ class Discriminator(nn.Module):
     def __init__(self, res=64, classes=0, cbase=16384, cmax=512, map_layers=8, mbstd_group=4):
         super().__init__()
         ch = lambda r: min(cbase // r, cmax)  # noqa: E731
-        self.blocks = nn.ModuleList([DiscriminatorBlock(ch(r), ch(r // 2), r >= max(res // 8, 8), r == res)
-                                     for r in [2 ** i for i in range(int(math.log2(res)), 2, -1)]])
+        self.blocks = nn.ModuleList(
+            [
+                DiscriminatorBlock(ch(r), ch(r // 2), r >= max(res // 8, 8), r == res)
+                for r in [2**i for i in range(int(math.log2(res)), 2, -1)]
+            ]
+        )
         c = ch(4)
         self.mbstd_group, self.classes = mbstd_group, classes
         self.conv, self.fc = Conv(c + 1, c, 3), FC(c * 16, c, act=True)
@@ -353,10 +404,13 @@ class Discriminator(nn.Module):
 
 # --- augmentation (ADA) -------------------------------------------------------------------------
 
+
 def affine2d(a, b, c, d, e, f):
     """Batched homogeneous matrices [[a, b, c], [d, e, f], [0, 0, 1]]; entries (B,) tensors or numbers."""
     ref = next(v for v in (a, b, c, d, e, f) if torch.is_tensor(v))
-    vals = [v if torch.is_tensor(v) else torch.full_like(ref, v) for v in (a, b, c, d, e, f, 0, 0, 1)]
+    vals = [
+        v if torch.is_tensor(v) else torch.full_like(ref, v) for v in (a, b, c, d, e, f, 0, 0, 1)
+    ]
     return torch.stack(vals, -1).view(-1, 3, 3)
 
 
@@ -429,7 +483,9 @@ def augment_fp32(x, p):
         G = scale2d(2 * ones, 2 * ones) @ G @ scale2d(0.5 * ones, 0.5 * ones)
         G = translate2d(-0.5 * ones, -0.5 * ones) @ G @ translate2d(0.5 * ones, 0.5 * ones)
         shape = [B, C, (H + pad * 2) * 2, (W + pad * 2) * 2]
-        G = scale2d(2 / y.shape[3] * ones, 2 / y.shape[2] * ones) @ G  # pixels -> [-1, 1] for affine_grid
+        G = (
+            scale2d(2 / y.shape[3] * ones, 2 / y.shape[2] * ones) @ G
+        )  # pixels -> [-1, 1] for affine_grid
         G = G @ scale2d(shape[3] / 2 * ones, shape[2] / 2 * ones)
         grid = F.affine_grid(G[:, :2, :], shape, align_corners=False)
         y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -439,12 +495,14 @@ def augment_fp32(x, p):
     # colour: c * (x + b), then luma flip, hue rotation and saturation about the luma axis v
     b = coin(torch.randn(B, device=dev) * 0.2, zeros)
     c = coin(torch.exp2(torch.randn(B, device=dev) * 0.5), ones)
-    v = torch.full((3,), 3 ** -0.5, device=dev)
+    v = torch.full((3,), 3**-0.5, device=dev)
     vv, I3 = torch.outer(v, v), torch.eye(3, device=dev)
     i = coin(torch.floor(torch.rand(B, device=dev) * 2), zeros)
     luma = I3 - 2 * vv * i[:, None, None]  # Householder reflection
     theta = coin((torch.rand(B, device=dev) * 2 - 1) * math.pi, zeros)[:, None, None]
-    K = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=dev) * 3 ** -0.5  # cross-product matrix of v
+    K = (
+        torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=dev) * 3**-0.5
+    )  # cross-product matrix of v
     hue = torch.cos(theta) * I3 + torch.sin(theta) * K + (1 - torch.cos(theta)) * vv  # Rodrigues
     s = coin(torch.exp2(torch.randn(B, device=dev)), ones)
     sat = vv + (I3 - vv) * s[:, None, None]
@@ -462,6 +520,7 @@ def ada_update(p, r_t, n_img, target=0.6, ada_kimg=500):
 
 # --- losses -------------------------------------------------------------------------------------
 
+
 def loss_d(logits_real, logits_fake):
     """Logistic loss: -log sigmoid(D(x)) - log(1 - sigmoid(D(G(z))))."""
     return F.softplus(-logits_real).mean() + F.softplus(logits_fake).mean()
@@ -478,7 +537,7 @@ def r1_penalty(D, x_real, y, augment=lambda x: x):
     code. Returns (penalty (B,), logits (B,))."""
     x = x_real.detach().requires_grad_(True)
     logits = D(augment(x), y)
-    grad, = torch.autograd.grad(logits.sum(), x, create_graph=True)
+    (grad,) = torch.autograd.grad(logits.sum(), x, create_graph=True)
     return grad.square().sum([1, 2, 3]), logits
 
 
@@ -487,8 +546,10 @@ def path_length_penalty(img, ws, pl_mean, decay=0.01):
     y ~ N(0, I) / sqrt(H*W) (resolution-independent) and a the running mean of the lengths.
     Returns (penalty (B,), the updated running mean, detached)."""
     noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
-    grad, = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-    lengths = grad.square().sum(2).mean(1).sqrt()  # (B,): per style, averaged over the num_ws styles
+    (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
+    lengths = (
+        grad.square().sum(2).mean(1).sqrt()
+    )  # (B,): per style, averaged over the num_ws styles
     pl_mean = pl_mean.lerp(lengths.mean(), decay)
     return (lengths - pl_mean).square(), pl_mean.detach()
 
@@ -506,6 +567,7 @@ def all_reduce_grads(module):
 
 
 # --- EMA, sampling ------------------------------------------------------------------------------
+
 
 def ema_beta(batch, ema_kimg):
     """Per-step decay whose half-life is ema_kimg thousand images."""
@@ -538,7 +600,9 @@ def load_generator(path, device="cpu"):
     ckpt = load_checkpoint(path, device)
     a = ckpt["args"]
     classes = len(ckpt["classes"]) if len(ckpt["classes"]) > 1 else 0
-    G = Generator(a["res"], a["z_dim"], a["w_dim"], classes, a["cbase"], a["cmax"], a["map_layers"]).to(device)
+    G = Generator(
+        a["res"], a["z_dim"], a["w_dim"], classes, a["cbase"], a["cmax"], a["map_layers"]
+    ).to(device)
     G.load_state_dict(ckpt["G_ema"])
     G.classes, G.truncation_cutoff = ckpt["classes"], None
     return G.eval().requires_grad_(False)
@@ -559,8 +623,20 @@ def generate(G, n, seed=0, truncation=None, y=None, batch=256):
     z, y = latents(G, n, seed, y)
     device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
     cutoff = getattr(G, "truncation_cutoff", None)
-    return torch.cat([G(z[i:i + batch].to(device), None if y is None else y[i:i + batch].to(device), psi, cutoff)
-                      .float().clamp(-1, 1).cpu() for i in range(0, n, batch)])
+    return torch.cat(
+        [
+            G(
+                z[i : i + batch].to(device),
+                None if y is None else y[i : i + batch].to(device),
+                psi,
+                cutoff,
+            )
+            .float()
+            .clamp(-1, 1)
+            .cpu()
+            for i in range(0, n, batch)
+        ]
+    )
 
 
 @torch.no_grad()
@@ -570,11 +646,18 @@ def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16):
     z, _ = latents(G, n * keys, seed)
     y = (torch.arange(n) % G.c_dim).repeat(keys).to(z.device) if G.c_dim else None
     device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
-    ws = G.mapping(z.to(device), None if y is None else y.to(device), psi, getattr(G, "truncation_cutoff", None))
+    ws = G.mapping(
+        z.to(device),
+        None if y is None else y.to(device),
+        psi,
+        getattr(G, "truncation_cutoff", None),
+    )
     ws, frames = ws.view(keys, n, G.num_ws, -1), []
     for k in range(keys):
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            frames.append(make_grid(G.synthesis(ws[k].lerp(ws[(k + 1) % keys], t.item())).float().cpu()))
+            frames.append(
+                make_grid(G.synthesis(ws[k].lerp(ws[(k + 1) % keys], t.item())).float().cpu())
+            )
     return frames
 
 
@@ -584,17 +667,23 @@ def style_mixing_grid(G, n, seed=0, truncation=None, coarse=4):
     styles except the first `coarse` (the 4x4 and 8x8 layers: pose, face shape), which come from B_j."""
     z, y = latents(G, 2 * n, seed)
     device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
-    ws = G.mapping(z.to(device), None if y is None else y.to(device), psi, getattr(G, "truncation_cutoff", None))
+    ws = G.mapping(
+        z.to(device),
+        None if y is None else y.to(device),
+        psi,
+        getattr(G, "truncation_cutoff", None),
+    )
     wa, wb = ws[:n], ws[n:]
     rows = [torch.cat([torch.ones(1, 3, G.res, G.res, device=device), G.synthesis(wb)])]
     for i in range(n):
-        mixed = wa[i:i + 1].repeat(n, 1, 1)
+        mixed = wa[i : i + 1].repeat(n, 1, 1)
         mixed[:, :coarse] = wb[:, :coarse]
-        rows.append(torch.cat([G.synthesis(wa[i:i + 1]), G.synthesis(mixed)]))
+        rows.append(torch.cat([G.synthesis(wa[i : i + 1]), G.synthesis(mixed)]))
     return torch.cat(rows).float().clamp(-1, 1).cpu()
 
 
 # --- training skeleton --------------------------------------------------------------------------
+
 
 def is_cuda(device):
     """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
@@ -607,21 +696,35 @@ def setup_device(name):
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     local_rank = int(os.environ.get("LOCAL_RANK", 0))
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "mps" if torch.backends.mps.is_available() else "cpu"
+        name = (
+            "cuda"
+            if torch.cuda.is_available()
+            else "mps"
+            if torch.backends.mps.is_available()
+            else "cpu"
+        )
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+        raise UserError(
+            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
+        ) from None
     if device.type == "mps" and not torch.backends.mps.is_available():
         raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)")
+            raise UserError(
+                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
+            )
         if world > 1 and device.index not in (None, local_rank):
-            raise UserError(f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda")
+            raise UserError(
+                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
+            )
         index = local_rank if world > 1 else device.index or 0
         if index >= torch.cuda.device_count():
-            raise UserError(f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))")
+            raise UserError(
+                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
+            )
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
@@ -675,7 +778,9 @@ def rng_states(device):
 
 def set_rng_states(states, rank, device):
     if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs")
+        print(
+            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
+        )
         return
     torch.set_rng_state(states[rank]["cpu"].cpu())
     if is_cuda(device) and "cuda" in states[rank]:
@@ -720,7 +825,9 @@ class Meter:
 
     def means(self):
         keys = list(self.sums)
-        vals = torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        vals = (
+            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
+        )
         self.sums, self.n = {}, 0
         return dict(zip(keys, vals))
 
@@ -730,12 +837,22 @@ def log_line(rec):
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + ([f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else [])
+    parts += [f"{rec['img_s']:.0f} img/s"] + (
+        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
+    )
     h, m = divmod(int(rec["eta_s"]) // 60, 60)
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = ("data", "steps", "device", "compile", "log_every", "sample_every", "ckpt_every")
+RESUME_FROM_COMMAND_LINE = (
+    "data",
+    "steps",
+    "device",
+    "compile",
+    "log_every",
+    "sample_every",
+    "ckpt_every",
+)
 
 
 def start_or_resume(args):
@@ -746,20 +863,30 @@ def start_or_resume(args):
     path = os.path.join(args.out, "ckpt.pt")
     if not args.resume:
         if os.path.exists(path):
-            raise UserError(f"{path} exists: pass --resume to continue that run, or choose another --out")
+            raise UserError(
+                f"{path} exists: pass --resume to continue that run, or choose another --out"
+            )
         return args, None
     ckpt = load_checkpoint(path)
     saved = ckpt["args"]
-    fixed = [k for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE)) if k in saved and getattr(args, k) != saved[k]]
+    fixed = [
+        k
+        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
+        if k in saved and getattr(args, k) != saved[k]
+    ]
     if fixed:
         k = fixed[0]
-        raise UserError(f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-                        f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change")
+        raise UserError(
+            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
+            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
+        )
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
     if int(os.environ.get("RANK", 0)) == 0:
         given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(f"resume: from the command line: {given}; from the checkpoint: "
-              + ", ".join(f"{k}={v}" for k, v in kept.items()))
+        print(
+            f"resume: from the command line: {given}; from the checkpoint: "
+            + ", ".join(f"{k}={v}" for k, v in kept.items())
+        )
     return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
@@ -812,7 +939,9 @@ def parse_args(parser, argv=None):
     command line (for --resume), whatever their value."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    unset = object()  # argparse leaves an attribute that the namespace already has unless it is typed
+    unset = (
+        object()
+    )  # argparse leaves an attribute that the namespace already has unless it is typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
@@ -820,7 +949,11 @@ def parse_args(parser, argv=None):
 
 # --- training -----------------------------------------------------------------------------------
 
-R1_INTERVAL, PL_INTERVAL, ADA_INTERVAL = 16, 4, 4  # lazy regularisation (StyleGAN2 sec. 3.1), ADA sec. 3
+R1_INTERVAL, PL_INTERVAL, ADA_INTERVAL = (
+    16,
+    4,
+    4,
+)  # lazy regularisation (StyleGAN2 sec. 3.1), ADA sec. 3
 
 
 def train(args):
@@ -830,34 +963,52 @@ def train(args):
     precision, amp_dtype = setup_precision(args.precision, device)
     say = print if rank == 0 else (lambda *a, **k: None)
     if args.batch % world:
-        raise UserError(f"--batch {args.batch} must be divisible by the number of processes ({world})")
+        raise UserError(
+            f"--batch {args.batch} must be divisible by the number of processes ({world})"
+        )
     torch.manual_seed(args.seed + rank)
     data = load_images(args.data, args.res, verbose=rank == 0)
     batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
-    classes = len(data.classes) if len(data.classes) > 1 else 0  # labelled data trains conditionally
+    classes = (
+        len(data.classes) if len(data.classes) > 1 else 0
+    )  # labelled data trains conditionally
     args.z_dim = args.z_dim or args.w_dim
     if args.r1_gamma is None:
-        args.r1_gamma = 0.0002 * args.res ** 2 / args.batch
+        args.r1_gamma = 0.0002 * args.res**2 / args.batch
 
-    G = Generator(args.res, args.z_dim, args.w_dim, classes, args.cbase, args.cmax, args.map_layers).to(device)
-    D = Discriminator(args.res, classes, args.cbase, args.cmax, args.map_layers, args.mbstd_group).to(device)
+    G = Generator(
+        args.res, args.z_dim, args.w_dim, classes, args.cbase, args.cmax, args.map_layers
+    ).to(device)
+    D = Discriminator(
+        args.res, classes, args.cbase, args.cmax, args.map_layers, args.mbstd_group
+    ).to(device)
     if world > 1:  # every rank starts from rank 0's weights (what DDP would do)
         for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
             dist.broadcast(t.data, 0)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     # lazy regularisation takes every k-th step on its own: lr * k/(k+1), beta ** (k/(k+1)) (StyleGAN2 appendix B)
     r_G, r_D = PL_INTERVAL / (PL_INTERVAL + 1), R1_INTERVAL / (R1_INTERVAL + 1)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g * r_G, betas=(0.0, 0.99 ** r_G), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d * r_D, betas=(0.0, 0.99 ** r_D), eps=1e-8)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g * r_G, betas=(0.0, 0.99**r_G), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d * r_D, betas=(0.0, 0.99**r_D), eps=1e-8)
     scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
     ada_p = torch.tensor(args.p if args.aug == "fixed" else 0.0, device=device)
-    ada_signs = torch.zeros(2, device=device)  # sum of sign(D(x_real)) and count since the last p update
+    ada_signs = torch.zeros(
+        2, device=device
+    )  # sum of sign(D(x_real)) and count since the last p update
     pl_mean, r1_last, pl_last = (torch.zeros((), device=device) for _ in range(3))
     step = 0
     if ckpt is not None:
-        for name, obj in [("G", G), ("D", D), ("G_ema", G_ema), ("opt_G", opt_G), ("opt_D", opt_D),
-                          ("scaler_G", scaler_G), ("scaler_D", scaler_D), ("loader", batches)]:
+        for name, obj in [
+            ("G", G),
+            ("D", D),
+            ("G_ema", G_ema),
+            ("opt_G", opt_G),
+            ("opt_D", opt_D),
+            ("scaler_G", scaler_G),
+            ("scaler_D", scaler_D),
+            ("loader", batches),
+        ]:
             obj.load_state_dict(ckpt[name])
         for name, t in [("ada_p", ada_p), ("ada_signs", ada_signs), ("pl_mean", pl_mean)]:
             t.copy_(ckpt[name])
@@ -871,29 +1022,51 @@ def train(args):
         G_train, D_train = torch.compile(G_train), torch.compile(D_train)
     autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
     aug = (lambda x: augment(x, ada_p)) if args.aug != "none" else (lambda x: x)  # noqa: E731
-    z_fixed = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(device)
+    z_fixed = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(
+        device
+    )
     y_fixed = (torch.arange(64) % classes).to(device) if classes else None
     os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res}"
+    say(
+        f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res}"
         f"{f', {classes} classes (conditional)' if classes else ''} | "
         f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
         f"params | aug {args.aug} | r1_gamma {args.r1_gamma:.4g} | {device} {precision} | batch {args.batch} on "
-        f"{world} process(es) | out {args.out}")
+        f"{world} process(es) | out {args.out}"
+    )
 
     def checkpoint():
-        ckpt = {"model": MODEL, "args": vars(args), "step": step, "classes": data.classes, "rng": rng_states(device),
-                "G": G.state_dict(), "D": D.state_dict(), "G_ema": G_ema.state_dict(),
-                "opt_G": opt_G.state_dict(), "opt_D": opt_D.state_dict(), "scaler_G": scaler_G.state_dict(),
-                "scaler_D": scaler_D.state_dict(), "loader": batches.state_dict(),
-                "ada_p": ada_p, "ada_signs": ada_signs, "pl_mean": pl_mean}
+        ckpt = {
+            "model": MODEL,
+            "args": vars(args),
+            "step": step,
+            "classes": data.classes,
+            "rng": rng_states(device),
+            "G": G.state_dict(),
+            "D": D.state_dict(),
+            "G_ema": G_ema.state_dict(),
+            "opt_G": opt_G.state_dict(),
+            "opt_D": opt_D.state_dict(),
+            "scaler_G": scaler_G.state_dict(),
+            "scaler_D": scaler_D.state_dict(),
+            "loader": batches.state_dict(),
+            "ada_p": ada_p,
+            "ada_signs": ada_signs,
+            "pl_mean": pl_mean,
+        }
         if rank == 0:
             save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
 
     def fail_if_not_finite():
         if not finite(meter, G, D):
-            kept = f"the last good checkpoint is {args.out}/ckpt.pt" if os.path.exists(
-                os.path.join(args.out, "ckpt.pt")) else "no checkpoint had been written"
-            raise UserError(f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})")
+            kept = (
+                f"the last good checkpoint is {args.out}/ckpt.pt"
+                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
+                else "no checkpoint had been written"
+            )
+            raise UserError(
+                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
+            )
 
     meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
     try:
@@ -932,9 +1105,15 @@ def train(args):
             scaler_G.step(opt_G)
             scaler_G.update()
             if step % PL_INTERVAL == 0 and args.pl_weight > 0:
-                n = max(1, z.shape[0] // 2)  # path length on half the batch (official pl_batch_shrink 2)
-                img, ws = G(torch.randn_like(z[:n]), None if y is None else y[:n], mix_prob=args.style_mixing,
-                            return_ws=True)
+                n = max(
+                    1, z.shape[0] // 2
+                )  # path length on half the batch (official pl_batch_shrink 2)
+                img, ws = G(
+                    torch.randn_like(z[:n]),
+                    None if y is None else y[:n],
+                    mix_prob=args.style_mixing,
+                    return_ws=True,
+                )
                 penalty, pl_mean = path_length_penalty(img, ws, pl_mean)
                 opt_G.zero_grad(set_to_none=True)
                 (penalty.mean() * args.pl_weight * PL_INTERVAL).backward()
@@ -942,23 +1121,46 @@ def train(args):
                 opt_G.step()
                 pl_last = penalty.detach().mean()
             D.requires_grad_(True)
-            update_ema(G_ema, G, ema_beta(args.batch, min(args.ema_kimg, step * args.batch / 1000 * args.ema_rampup)))
+            update_ema(
+                G_ema,
+                G,
+                ema_beta(
+                    args.batch, min(args.ema_kimg, step * args.batch / 1000 * args.ema_rampup)
+                ),
+            )
             step += 1
-            meter.add(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean(),
-                      r_t=logits_real.sign().mean())
+            meter.add(
+                loss_D=loss_D,
+                loss_G=loss_G,
+                d_real=logits_real.mean(),
+                d_fake=logits_fake.mean(),
+                r_t=logits_real.sign().mean(),
+            )
             if args.aug == "ada" and step % ADA_INTERVAL == 0:
                 signs = ada_signs.clone()
                 if dist.is_initialized():
                     dist.all_reduce(signs)
-                ada_p.copy_(ada_update(ada_p, signs[0] / signs[1], args.batch * ADA_INTERVAL, args.ada_target,
-                                       args.ada_kimg))
+                ada_p.copy_(
+                    ada_update(
+                        ada_p,
+                        signs[0] / signs[1],
+                        args.batch * ADA_INTERVAL,
+                        args.ada_target,
+                        args.ada_kimg,
+                    )
+                )
                 ada_signs.zero_()
 
             if step % args.log_every == 0 or step == args.steps:
                 fail_if_not_finite()
-                dt, rec = time.time() - t_log, {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000}
+                dt, rec = (
+                    time.time() - t_log,
+                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
+                )
                 rec.update(meter.means())
-                rec.update(r1=r1_last.item(), pl=pl_last.item(), pl_mean=pl_mean.item(), p=ada_p.item())
+                rec.update(
+                    r1=r1_last.item(), pl=pl_last.item(), pl_mean=pl_mean.item(), p=ada_p.item()
+                )
                 rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
                 rec["mem_gb"] = peak_memory_gb(device)
                 rec["eta_s"] = (args.steps - step) * args.batch / max(rec["img_s"], 1e-9)
@@ -971,11 +1173,18 @@ def train(args):
             if sample_due(step, args) and rank == 0:
                 G_ema.eval()
                 with torch.no_grad():
-                    save_grid(G_ema(z_fixed, y_fixed), os.path.join(args.out, "samples", f"step_{step:06d}.png"),
-                              nrow=8)
-                save_progress_gif(os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif"))
+                    save_grid(
+                        G_ema(z_fixed, y_fixed),
+                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
+                        nrow=8,
+                    )
+                save_progress_gif(
+                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
+                )
                 if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png"))
+                    plot_losses(
+                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
+                    )
             if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
                 fail_if_not_finite()
                 checkpoint()
@@ -998,64 +1207,155 @@ def sample(args):
     G = load_generator(args.sample, device)
     G.truncation_cutoff = args.truncation_cutoff
     folder = os.path.dirname(args.sample) or "."
-    tag = f"seed{args.seed}" + (f"_psi{args.truncation:g}" if args.truncation is not None else "") + (
-        f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else "")
+    tag = (
+        f"seed{args.seed}"
+        + (f"_psi{args.truncation:g}" if args.truncation is not None else "")
+        + (f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else "")
+    )
     if args.interp:
-        path = save_gif(interpolation_frames(G, args.n, args.seed, args.truncation),
-                        os.path.join(folder, f"interp_{tag}.gif"))
+        path = save_gif(
+            interpolation_frames(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"interp_{tag}.gif"),
+        )
     elif args.mixing:
         k = max(1, math.isqrt(args.n))
-        path = save_grid(style_mixing_grid(G, k, args.seed, args.truncation), os.path.join(folder, f"mixing_{tag}.png"),
-                         nrow=k + 1)
+        path = save_grid(
+            style_mixing_grid(G, k, args.seed, args.truncation),
+            os.path.join(folder, f"mixing_{tag}.png"),
+            nrow=k + 1,
+        )
     else:
-        path = save_grid(generate(G, args.n, args.seed, args.truncation), os.path.join(folder, f"samples_{tag}.png"))
+        path = save_grid(
+            generate(G, args.n, args.seed, args.truncation),
+            os.path.join(folder, f"samples_{tag}.png"),
+        )
     print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
+
 def get_args(argv=None):
-    p = argparse.ArgumentParser(description="StyleGAN2-ADA (Karras et al. 2020) for anime faces.",
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'")
-    p.add_argument("--res", type=int, default=64, help="image resolution (power of two, 32 to 1024)")
+    p = argparse.ArgumentParser(
+        description="StyleGAN2-ADA (Karras et al. 2020) for anime faces.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument(
+        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
+    )
+    p.add_argument(
+        "--res", type=int, default=64, help="image resolution (power of two, 32 to 1024)"
+    )
     p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument("--steps", type=positive_int, default=60000, help="generator updates to train for (one D step each)")
-    p.add_argument("--batch", type=positive_int, default=32, help="global batch, split across processes")
+    p.add_argument(
+        "--steps",
+        type=positive_int,
+        default=60000,
+        help="generator updates to train for (one D step each)",
+    )
+    p.add_argument(
+        "--batch", type=positive_int, default=32, help="global batch, split across processes"
+    )
     p.add_argument("--lr-g", type=float, default=0.0025, help="generator Adam learning rate")
     p.add_argument("--lr-d", type=float, default=0.0025, help="discriminator Adam learning rate")
-    p.add_argument("--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images")
-    p.add_argument("--seed", type=int, default=0, help="seed for weights, noise, data order and samples")
-    p.add_argument("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    p.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"],
-                   help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler")
+    p.add_argument(
+        "--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images"
+    )
+    p.add_argument(
+        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
+    )
+    p.add_argument(
+        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
+    )
+    p.add_argument(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
+    )
     p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument("--resume", action="store_true", help="continue the run in --out from its ckpt.pt")
+    p.add_argument(
+        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
+    )
     p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument("--sample-every", type=positive_int, default=200, help="steps between sample grids")
-    p.add_argument("--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints")
-    p.add_argument("--flip", action=argparse.BooleanOptionalAction, default=True, help="random horizontal flips")
-    p.add_argument("--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema")
-    p.add_argument("--n", type=positive_int, default=64, help="sampling mode: number of images (--mixing: sqrt(n) per side)")
-    p.add_argument("--truncation", type=float, default=None, help="truncation psi in W, e.g. 0.7 (sampling)")
-    p.add_argument("--truncation-cutoff", type=int, default=None, help="truncate only the first N styles (default all)")
-    p.add_argument("--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead")
+    p.add_argument(
+        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
+    )
+    p.add_argument(
+        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
+    )
+    p.add_argument(
+        "--flip",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="random horizontal flips",
+    )
+    p.add_argument(
+        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
+    )
+    p.add_argument(
+        "--n",
+        type=positive_int,
+        default=64,
+        help="sampling mode: number of images (--mixing: sqrt(n) per side)",
+    )
+    p.add_argument(
+        "--truncation", type=float, default=None, help="truncation psi in W, e.g. 0.7 (sampling)"
+    )
+    p.add_argument(
+        "--truncation-cutoff",
+        type=int,
+        default=None,
+        help="truncate only the first N styles (default all)",
+    )
+    p.add_argument(
+        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
+    )
     p.add_argument("--mixing", action="store_true", help="sampling mode: style-mixing grid instead")
     p.add_argument("--z-dim", type=int, default=None, help="latent z size (default: --w-dim)")
     p.add_argument("--w-dim", type=int, default=512, help="intermediate latent w size")
-    p.add_argument("--map-layers", type=int, default=8, help="mapping network depth (the paper's 8)")
-    p.add_argument("--cbase", type=int, default=16384, help="channels at resolution r: min(cbase / r, cmax)")
+    p.add_argument(
+        "--map-layers", type=int, default=8, help="mapping network depth (the paper's 8)"
+    )
+    p.add_argument(
+        "--cbase", type=int, default=16384, help="channels at resolution r: min(cbase / r, cmax)"
+    )
     p.add_argument("--cmax", type=int, default=512, help="maximum channels per layer")
-    p.add_argument("--mbstd-group", type=int, default=4, help="minibatch standard deviation group size")
-    p.add_argument("--r1-gamma", type=float, default=None, help="R1 weight gamma (default 0.0002 * res^2 / batch)")
+    p.add_argument(
+        "--mbstd-group", type=int, default=4, help="minibatch standard deviation group size"
+    )
+    p.add_argument(
+        "--r1-gamma",
+        type=float,
+        default=None,
+        help="R1 weight gamma (default 0.0002 * res^2 / batch)",
+    )
     p.add_argument("--pl-weight", type=float, default=2.0, help="path length regularisation weight")
-    p.add_argument("--style-mixing", type=float, default=0.9, help="style mixing regularisation probability")
-    p.add_argument("--aug", default="ada", choices=["ada", "fixed", "none"], help="augmentation probability p: "
-                   "adaptive, fixed at --p, or no augmentation")
+    p.add_argument(
+        "--style-mixing", type=float, default=0.9, help="style mixing regularisation probability"
+    )
+    p.add_argument(
+        "--aug",
+        default="ada",
+        choices=["ada", "fixed", "none"],
+        help="augmentation probability p: adaptive, fixed at --p, or no augmentation",
+    )
     p.add_argument("--p", type=float, default=0.0, help="augmentation probability with --aug fixed")
-    p.add_argument("--ada-target", type=float, default=0.6, help="ADA target for r_t = E[sign(D(x_real))]")
-    p.add_argument("--ada-kimg", type=float, default=500, help="ADA speed: thousands of images for p to go 0 -> 1")
-    p.add_argument("--ema-rampup", type=float, default=0.05, help="EMA half-life at most this fraction of images seen")
+    p.add_argument(
+        "--ada-target", type=float, default=0.6, help="ADA target for r_t = E[sign(D(x_real))]"
+    )
+    p.add_argument(
+        "--ada-kimg",
+        type=float,
+        default=500,
+        help="ADA speed: thousands of images for p to go 0 -> 1",
+    )
+    p.add_argument(
+        "--ema-rampup",
+        type=float,
+        default=0.05,
+        help="EMA half-life at most this fraction of images seen",
+    )
     return parse_args(p, argv)
 
 

@@ -1,13 +1,13 @@
 """Tests for every model file present and for common.py. CPU only, tiny images, a few steps.
 
-    python -m pytest -q test_models.py
+python -m pytest -q test_models.py
 """
+
 import argparse
 import ast
-import hashlib
 import copy
+import hashlib
 import importlib
-import io
 import json
 import math
 import os
@@ -16,7 +16,6 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 import zipfile
 
 import numpy as np
@@ -34,15 +33,39 @@ import fid  # noqa: E402
 ALL_MODELS = ["dcgan", "wgan", "cgan", "sngan", "sagan", "biggan", "stylegan2_ada"]
 MODELS = [m for m in ALL_MODELS if os.path.exists(os.path.join(HERE, f"{m}.py"))]
 # tiny widths per model, so a training step takes milliseconds on a CPU
-TINY = {"dcgan": ["--g-ch", "8", "--d-ch", "8"], "wgan": ["--g-ch", "8", "--d-ch", "8"],
-        "cgan": ["--g-ch", "8", "--d-ch", "8"], "sngan": ["--g-ch", "8", "--d-ch", "8"],
-        "sagan": ["--g-ch", "8", "--d-ch", "8"], "biggan": ["--g-ch", "4", "--d-ch", "4"],
-        "stylegan2_ada": ["--cbase", "256", "--cmax", "16", "--w-dim", "32", "--map-layers", "2"]}
+TINY = {
+    "dcgan": ["--g-ch", "8", "--d-ch", "8"],
+    "wgan": ["--g-ch", "8", "--d-ch", "8"],
+    "cgan": ["--g-ch", "8", "--d-ch", "8"],
+    "sngan": ["--g-ch", "8", "--d-ch", "8"],
+    "sagan": ["--g-ch", "8", "--d-ch", "8"],
+    "biggan": ["--g-ch", "4", "--d-ch", "4"],
+    "stylegan2_ada": ["--cbase", "256", "--cmax", "16", "--w-dim", "32", "--map-layers", "2"],
+}
 # skeleton functions that must stay identical (same name, same body) in every model file
-SKELETON = ["ema_beta", "update_ema", "load_checkpoint", "setup_device", "setup_precision", "any_rank",
-            "rng_states", "set_rng_states", "save_checkpoint", "finite", "Meter", "log_line",
-            "start_or_resume", "StopFlag", "is_cuda", "memory_format", "peak_memory_gb", "positive_int",
-            "positive_float", "parse_args", "sample_due"]
+SKELETON = [
+    "ema_beta",
+    "update_ema",
+    "load_checkpoint",
+    "setup_device",
+    "setup_precision",
+    "any_rank",
+    "rng_states",
+    "set_rng_states",
+    "save_checkpoint",
+    "finite",
+    "Meter",
+    "log_line",
+    "start_or_resume",
+    "StopFlag",
+    "is_cuda",
+    "memory_format",
+    "peak_memory_gb",
+    "positive_int",
+    "positive_float",
+    "parse_args",
+    "sample_due",
+]
 SHARED = os.path.join(HERE, "..", "shared")
 ENV = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
 
@@ -56,14 +79,35 @@ def cache_dir(tmp_path_factory):
 
 def tiny_args(model, out, *extra, steps=4):
     mod = importlib.import_module(model)
-    argv = ["--data", "toy", "--res", "32", "--batch", "8", "--steps", str(steps), "--out", str(out),
-            "--log-every", "2", "--sample-every", "2", "--ckpt-every", "2", "--device", "cpu", *TINY[model], *extra]
+    argv = [
+        "--data",
+        "toy",
+        "--res",
+        "32",
+        "--batch",
+        "8",
+        "--steps",
+        str(steps),
+        "--out",
+        str(out),
+        "--log-every",
+        "2",
+        "--sample-every",
+        "2",
+        "--ckpt-every",
+        "2",
+        "--device",
+        "cpu",
+        *TINY[model],
+        *extra,
+    ]
     return mod, mod.get_args(argv)
 
 
 def run_cli(*argv, timeout=120):
-    return subprocess.run([sys.executable, *argv], cwd=HERE, env=ENV, capture_output=True, text=True,
-                          timeout=timeout)
+    return subprocess.run(
+        [sys.executable, *argv], cwd=HERE, env=ENV, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def save_image(path, mode, size=(40, 40), color=None):
@@ -77,12 +121,19 @@ def save_image(path, mode, size=(40, 40), color=None):
 
 # --- every model: shapes, training, resume, sampling -------------------------------------------
 
+
 @pytest.fixture(scope="module", params=MODELS)
 def trained(request, tmp_path_factory):
-    """A 4-step run of each model on toy faces at 32x32; returns (module, out folder)."""
+    """A 4-step run of each model on toy faces at 32x32, on one thread (the refactor guard below
+    holds its weights to recorded digests); returns (module, out folder)."""
     out = tmp_path_factory.mktemp(request.param) / "run"
     mod, args = tiny_args(request.param, out)
-    mod.train(args)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        mod.train(args)
+    finally:
+        torch.set_num_threads(threads)
     return mod, out
 
 
@@ -141,7 +192,11 @@ def test_plain_resume_keeps_the_runs_data_and_widths(tmp_path):
     for m in MODELS:
         mod, args = tiny_args(m, tmp_path / m, "--data", str(tmp_path / "faces"), steps=2)
         mod.train(args)
-        mod.train(mod.get_args(["--out", str(tmp_path / m), "--resume", "--steps", "3", "--device", "cpu"]))
+        mod.train(
+            mod.get_args(
+                ["--out", str(tmp_path / m), "--resume", "--steps", "3", "--device", "cpu"]
+            )
+        )
         ckpt = torch.load(tmp_path / m / "ckpt.pt", weights_only=True)
         assert ckpt["step"] == 3 and ckpt["args"]["data"] == str(tmp_path / "faces"), m
         assert ckpt["args"]["batch"] == 8 and ckpt["args"]["res"] == 32, m
@@ -163,7 +218,16 @@ def test_sampling_cli(trained):
     path = r.stdout.strip().splitlines()[-1]
     im = Image.open(path)
     assert im.size == (3 * 34 + 2, 2 * 34 + 2)  # 6 images of 32 px in a 3x2 grid, 2 px padding
-    r = run_cli(f"{mod.MODEL}.py", "--sample", str(out / "ckpt.pt"), "--n", "4", "--interp", "--device", "cpu")
+    r = run_cli(
+        f"{mod.MODEL}.py",
+        "--sample",
+        str(out / "ckpt.pt"),
+        "--n",
+        "4",
+        "--interp",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     assert Image.open(r.stdout.strip().splitlines()[-1]).n_frames > 10
 
@@ -174,15 +238,20 @@ def test_bad_inputs_give_one_line_errors(model, tmp_path):
     empty.mkdir()
     (tmp_path / "notckpt.pt").write_bytes(b"not a checkpoint")
     mod = importlib.import_module(model)
-    cases = [(["--data", str(empty)], "no images"), (["--data", str(tmp_path / "missing")], "not found"),
-             (["--res", "48"], "resolution")]
+    cases = [
+        (["--data", str(empty)], "no images"),
+        (["--data", str(tmp_path / "missing")], "not found"),
+        (["--res", "48"], "resolution"),
+    ]
     for argv, msg in cases:  # in-process: the error each bad input raises
         with pytest.raises(common.UserError, match=msg):
             mod.train(mod.get_args([*argv, "--out", str(tmp_path / "o"), "--device", "cpu"]))
     with pytest.raises(common.UserError, match="not a readable"):
         mod.load_generator(str(tmp_path / "notckpt.pt"))
     # and once through the command line: one line on stderr, exit status 1, no traceback
-    r = run_cli(f"{model}.py", "--data", str(empty), "--out", str(tmp_path / "o"), "--device", "cpu")
+    r = run_cli(
+        f"{model}.py", "--data", str(empty), "--out", str(tmp_path / "o"), "--device", "cpu"
+    )
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr.strip().count("\n") == 0 and r.stderr.startswith(f"{model}: error: no images")
 
@@ -192,7 +261,9 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(model, tmp_path
     mod, args = tiny_args(model, tmp_path, steps=2)
     mod.train(args)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
-    for state in ckpt["opt_D"]["state"].values():  # poison D's optimizer: its next update gives NaN weights
+    for state in ckpt["opt_D"][
+        "state"
+    ].values():  # poison D's optimizer: its next update gives NaN weights
         for k, v in state.items():
             if torch.is_tensor(v) and v.is_floating_point() and v.dim() > 0:
                 v.fill_(float("nan"))
@@ -206,10 +277,31 @@ def test_nonfinite_loss_stops_and_keeps_the_last_good_checkpoint(model, tmp_path
 
 @pytest.mark.parametrize("model", MODELS)
 def test_ctrl_c_saves_a_checkpoint(model, tmp_path):
-    argv = [f"{model}.py", "--data", "toy", "--res", "32", "--batch", "8", "--steps", "100000", "--out",
-            str(tmp_path), "--device", "cpu", "--log-every", "1", "--sample-every", "100000",
-            "--ckpt-every", "100000", *TINY[model]]
-    p = subprocess.Popen([sys.executable, *argv], cwd=HERE, env=ENV, stdout=subprocess.PIPE, text=True)
+    argv = [
+        f"{model}.py",
+        "--data",
+        "toy",
+        "--res",
+        "32",
+        "--batch",
+        "8",
+        "--steps",
+        "100000",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--sample-every",
+        "100000",
+        "--ckpt-every",
+        "100000",
+        *TINY[model],
+    ]
+    p = subprocess.Popen(
+        [sys.executable, *argv], cwd=HERE, env=ENV, stdout=subprocess.PIPE, text=True
+    )
     for line in p.stdout:  # wait until training is under way
         if line.startswith("step 3/"):
             break
@@ -221,10 +313,35 @@ def test_ctrl_c_saves_a_checkpoint(model, tmp_path):
 
 @pytest.mark.parametrize("model", MODELS)
 def test_torchrun_two_processes_on_cpu(model, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", f"{model}.py",
-                        "--data", "toy", "--res", "32", "--batch", "8", "--steps", "3", "--out", str(tmp_path),
-                        "--device", "cpu", "--log-every", "1", *TINY[model]],
-                       cwd=HERE, env=ENV, capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node=2",
+            f"{model}.py",
+            "--data",
+            "toy",
+            "--res",
+            "32",
+            "--batch",
+            "8",
+            "--steps",
+            "3",
+            "--out",
+            str(tmp_path),
+            "--device",
+            "cpu",
+            "--log-every",
+            "1",
+            *TINY[model],
+        ],
+        cwd=HERE,
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.count("step 3/3") == 1  # only rank 0 prints
     assert "on 2 process(es)" in r.stdout
@@ -237,8 +354,11 @@ def test_skeleton_is_identical_across_model_files():
         path = os.path.join(HERE, f"{m}.py")
         text = open(path).read()
         tree = ast.parse(text)
-        defs = {n.name: ast.get_source_segment(text, n) for n in tree.body
-                if isinstance(n, (ast.FunctionDef, ast.ClassDef))}
+        defs = {
+            n.name: ast.get_source_segment(text, n)
+            for n in tree.body
+            if isinstance(n, (ast.FunctionDef, ast.ClassDef))
+        }
         missing = [name for name in SKELETON if name not in defs]
         assert not missing, f"{m}.py lacks skeleton pieces {missing}"
         sources[m] = defs
@@ -248,15 +368,33 @@ def test_skeleton_is_identical_across_model_files():
 
 
 def test_every_model_has_the_shared_flags():
-    shared = ["--data", "--res", "--out", "--steps", "--batch", "--lr-g", "--lr-d", "--ema-kimg", "--seed",
-              "--device", "--precision", "--compile", "--resume", "--log-every", "--sample-every",
-              "--ckpt-every", "--sample", "--n", "--truncation", "--no-flip"]
+    shared = [
+        "--data",
+        "--res",
+        "--out",
+        "--steps",
+        "--batch",
+        "--lr-g",
+        "--lr-d",
+        "--ema-kimg",
+        "--seed",
+        "--device",
+        "--precision",
+        "--compile",
+        "--resume",
+        "--log-every",
+        "--sample-every",
+        "--ckpt-every",
+        "--sample",
+        "--n",
+        "--truncation",
+        "--no-flip",
+    ]
     for m in MODELS:
         args = importlib.import_module(m).get_args(["--no-flip"])
         assert args.data == "toy" and args.flip is False
         text = open(os.path.join(HERE, f"{m}.py")).read()
         assert all(f'"{flag}"' in text or flag == "--no-flip" for flag in shared), m
-
 
 
 # --- refactor guard: the recipes stay as they are -------------------------------------------------
@@ -284,22 +422,19 @@ def weights_digest(state):
     return h.hexdigest()[:16]
 
 
-@pytest.mark.skipif(torch.__version__ != GUARD_TORCH, reason=f"digests recorded with torch {GUARD_TORCH}")
-@pytest.mark.parametrize("model", MODELS)
-def test_refactor_guard_training_gives_the_recorded_weights(model, tmp_path):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        mod, args = tiny_args(model, tmp_path)
-        mod.train(args)
-    finally:
-        torch.set_num_threads(threads)
-    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+@pytest.mark.skipif(
+    torch.__version__ != GUARD_TORCH, reason=f"digests recorded with torch {GUARD_TORCH}"
+)
+def test_refactor_guard_training_gives_the_recorded_weights(trained):
+    mod, out = trained
+    model = mod.MODEL
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
     got = tuple(weights_digest(ckpt[net]) for net in ("G", "D", "G_ema"))
     assert got == GUARD[model], f"{model}: training changed (G, D, G_ema digests {got})"
 
 
 # --- skeleton invariants ------------------------------------------------------------------------
+
 
 def test_ema_beta_has_the_requested_half_life():
     mod = importlib.import_module(MODELS[0])
@@ -317,7 +452,9 @@ def test_update_ema_averages_parameters_and_copies_buffers():
     w0, w1 = G_ema[0].weight.clone(), G[0].weight.clone()
     mod.update_ema(G_ema, G, 0.9)
     assert torch.allclose(G_ema[0].weight, 0.9 * w0 + 0.1 * w1)
-    assert torch.equal(G_ema[1].running_mean, G[1].running_mean) and G_ema[1].num_batches_tracked == 7
+    assert (
+        torch.equal(G_ema[1].running_mean, G[1].running_mean) and G_ema[1].num_batches_tracked == 7
+    )
 
 
 def test_first_grids_come_early_then_every_sample_every():
@@ -326,25 +463,44 @@ def test_first_grids_come_early_then_every_sample_every():
     due = [s for s in range(1, 2501) if mod.sample_due(s, args)]
     assert due == [50, 100, 200, 400, 800, 1000, 2000, 2500]
 
+
 def test_log_line_grammar():
     mod = importlib.import_module(MODELS[0])
-    line = mod.log_line({"step": 1200, "steps": 50000, "kimg": 76.8, "loss_D": 1.2134, "loss_G": 0.871,
-                         "img_s": 512.3, "mem_gb": 1.93, "eta_s": 9660})
-    assert line == "step 1200/50000 | kimg 76.8 | loss_D 1.213 | loss_G 0.871 | 512 img/s | 1.93 GB | eta 2h41m"
+    line = mod.log_line(
+        {
+            "step": 1200,
+            "steps": 50000,
+            "kimg": 76.8,
+            "loss_D": 1.2134,
+            "loss_G": 0.871,
+            "img_s": 512.3,
+            "mem_gb": 1.93,
+            "eta_s": 9660,
+        }
+    )
+    assert (
+        line
+        == "step 1200/50000 | kimg 76.8 | loss_D 1.213 | loss_G 0.871 | 512 img/s | 1.93 GB | eta 2h41m"
+    )
 
 
 # --- CUDA paths, faked on the CPU (the CI machine has no GPU) ----------------------------------
+
 
 class FakeCuda:
     """torch.cuda as a machine with `count` GPUs answers it; records the calls the code makes."""
 
     def __init__(self, monkeypatch, count=2):
         self.calls, self.count = [], 0
-        for name, fn in [("is_available", lambda: True), ("device_count", lambda: count),
-                         ("set_device", lambda d: self.calls.append(("set_device", d))),
-                         ("is_bf16_supported", lambda including_emulation=True: True),
-                         ("get_rng_state", self.get_rng_state), ("set_rng_state", self.set_rng_state),
-                         ("max_memory_allocated", self.max_memory_allocated)]:
+        for name, fn in [
+            ("is_available", lambda: True),
+            ("device_count", lambda: count),
+            ("set_device", lambda d: self.calls.append(("set_device", d))),
+            ("is_bf16_supported", lambda including_emulation=True: True),
+            ("get_rng_state", self.get_rng_state),
+            ("set_rng_state", self.set_rng_state),
+            ("max_memory_allocated", self.max_memory_allocated),
+        ]:
             monkeypatch.setattr(torch.cuda, name, fn)
         for name in ("benchmark", "allow_tf32"):  # restored after the test
             monkeypatch.setattr(torch.backends.cudnn, name, False)
@@ -406,8 +562,12 @@ def test_absent_or_unknown_devices_are_one_line_errors(fake_cuda, monkeypatch):
         mod.setup_device("cuda:2")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
-    for name, msg in [("cuda", "no CUDA GPU"), ("cuda:1", "no CUDA GPU"), ("mps", "no MPS"),
-                      ("gpu", "unknown device")]:
+    for name, msg in [
+        ("cuda", "no CUDA GPU"),
+        ("cuda:1", "no CUDA GPU"),
+        ("mps", "no MPS"),
+        ("gpu", "unknown device"),
+    ]:
         with pytest.raises(common.UserError, match=msg):
             mod.setup_device(name)
     assert mod.setup_device("auto")[0] == torch.device("cpu")
@@ -415,7 +575,9 @@ def test_absent_or_unknown_devices_are_one_line_errors(fake_cuda, monkeypatch):
 
 
 @pytest.mark.parametrize("model", MODELS)
-def test_training_and_resume_through_the_cuda_branches(model, tmp_path, fake_cuda, monkeypatch, capsys):
+def test_training_and_resume_through_the_cuda_branches(
+    model, tmp_path, fake_cuda, monkeypatch, capsys
+):
     """`--device cuda` with torch.cuda faked: start-up takes the real CUDA branch of setup_device,
     then the tensors stay on the CPU while every other CUDA-only line (bf16 by default, channels_last,
     peak memory in the log line, the CUDA RNG state in the checkpoint and back) runs."""
@@ -436,12 +598,15 @@ def test_training_and_resume_through_the_cuda_branches(model, tmp_path, fake_cud
     assert fake_cuda.named("set_device") == [(torch.device("cuda", 0),)]
     assert torch.backends.cudnn.benchmark and torch.get_float32_matmul_precision() == "high"
     assert fake_cuda.named("max_memory_allocated") and all(
-        json.loads(line)["mem_gb"] == 1.5 for line in open(tmp_path / "log.jsonl"))
+        json.loads(line)["mem_gb"] == 1.5 for line in open(tmp_path / "log.jsonl")
+    )
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     saved = ckpt["rng"][0]["cuda"]
     assert len(ckpt["rng"]) == 1 and saved[0] == 7  # one rank, its CUDA state from get_rng_state
 
-    _, args = tiny_args(model, tmp_path, "--device", "cuda", "--precision", "auto", "--resume", steps=3)
+    _, args = tiny_args(
+        model, tmp_path, "--device", "cuda", "--precision", "auto", "--resume", steps=3
+    )
     mod.train(args)
     restored = fake_cuda.named("set_rng_state")
     assert len(restored) == 1 and torch.equal(restored[0][0], saved)
@@ -451,14 +616,17 @@ def test_training_and_resume_through_the_cuda_branches(model, tmp_path, fake_cud
 def test_rng_states_are_restored_per_rank(fake_cuda, monkeypatch):
     mod = importlib.import_module(MODELS[0])
     monkeypatch.setenv("WORLD_SIZE", "2")
-    states = [{"cpu": torch.get_rng_state(), "cuda": torch.tensor([r, 9], dtype=torch.uint8)}
-              for r in range(2)]
+    states = [
+        {"cpu": torch.get_rng_state(), "cuda": torch.tensor([r, 9], dtype=torch.uint8)}
+        for r in range(2)
+    ]
     mod.set_rng_states(states, 1, torch.device("cuda", 1))
-    (state, device), = fake_cuda.named("set_rng_state")
+    ((state, device),) = fake_cuda.named("set_rng_state")
     assert torch.equal(state, states[1]["cuda"]) and device == torch.device("cuda", 1)
 
 
 # --- mixed precision: what the references keep in fp32 ---------------------------------------------------------
+
 
 def bf16(fn, *args, **kwargs):
     """fn(*args) under CPU bf16 autocast, the way train() runs every forward at --precision bf16."""
@@ -474,9 +642,11 @@ def test_spectral_norm_power_iteration_is_fp32_inside_autocast(model, monkeypatc
     torch.manual_seed(0)
     conv = mod.SNConv2d(16, 32, 3, padding=1)
     conv.weight.data.mul_(3)
-    sn = {"sngan": lambda m: mod.sn_weight(m),
-          "sagan": lambda m: m.sn(m.weight.flatten(1)),
-          "biggan": lambda m: m.sn_weight()}[model]
+    sn = {
+        "sngan": lambda m: mod.sn_weight(m),
+        "sagan": lambda m: m.sn(m.weight.flatten(1)),
+        "biggan": lambda m: m.sn_weight(),
+    }[model]
     amp_seen, mv = [], torch.mv
 
     def recorded_mv(*a):  # CPU autocast leaves mv alone (CUDA's does not): sagan must turn it off
@@ -498,6 +668,7 @@ def test_sagan_attention_map_is_fp32_inside_autocast():
     """The map's logits and softmax run in fp32 under autocast, as scaled_dot_product_attention
     runs them inside forward, so the map is the one forward applies to v."""
     import sagan
+
     torch.manual_seed(0)
     block = sagan.SelfAttention(16)
     with torch.no_grad():
@@ -517,13 +688,14 @@ def test_sagan_attention_map_is_fp32_inside_autocast():
 @pytest.mark.skipif("biggan" not in MODELS, reason="biggan.py absent")
 def test_biggan_ortho_penalty_is_fp32_inside_autocast():
     import biggan
+
     torch.manual_seed(0)
     G = biggan.Generator(32, 120, 4, n_classes=3)
     ref = biggan.ortho_penalty(G, 1e-4)
     amp = bf16(biggan.ortho_penalty, G, 1e-4)
     assert amp.dtype == torch.float32 and torch.equal(amp, ref)
-    grad_ref, = torch.autograd.grad(ref, G.linear.weight)
-    grad_amp, = torch.autograd.grad(amp, G.linear.weight)
+    (grad_ref,) = torch.autograd.grad(ref, G.linear.weight)
+    (grad_amp,) = torch.autograd.grad(amp, G.linear.weight)
     assert torch.equal(grad_amp, grad_ref)
 
 
@@ -532,6 +704,7 @@ def test_biggan_conditional_bn_statistics_are_fp32_inside_autocast():
     """Batch mean and variance in fp32 from a bf16 input, as the author's manual_bn casts x to fp32:
     with mean 3 and std 0.1, bf16 sums of x and x^2 would lose the variance altogether."""
     import biggan
+
     torch.manual_seed(0)
     cbn = biggan.ConditionalBatchNorm2d(16, 10).train()
     x = (3 + 0.1 * torch.randn(8, 16, 8, 8)).bfloat16()  # a conv's output under autocast
@@ -546,9 +719,14 @@ def test_biggan_conditional_bn_statistics_are_fp32_inside_autocast():
 
 
 # train() casts D's logits to fp32 before every loss (under autocast most come out bf16)
-LOSSES = {"dcgan": ["loss_d", "loss_g"], "wgan": ["loss_d", "loss_g"], "cgan": ["loss_d", "loss_g"],
-          "sngan": ["hinge_loss_d", "hinge_loss_g"], "sagan": ["hinge_loss_d", "hinge_loss_g"],
-          "biggan": ["hinge_loss_d", "hinge_loss_g", "ortho_penalty"]}
+LOSSES = {
+    "dcgan": ["loss_d", "loss_g"],
+    "wgan": ["loss_d", "loss_g"],
+    "cgan": ["loss_d", "loss_g"],
+    "sngan": ["hinge_loss_d", "hinge_loss_g"],
+    "sagan": ["hinge_loss_d", "hinge_loss_g"],
+    "biggan": ["hinge_loss_d", "hinge_loss_g", "ortho_penalty"],
+}
 
 
 @pytest.mark.parametrize("model", [m for m in LOSSES if m in MODELS])
@@ -561,6 +739,7 @@ def test_losses_see_fp32_logits_in_a_bf16_training_step(model, tmp_path, monkeyp
             out = fn(*a, **kw)
             seen.extend((fn.__name__, t.dtype) for t in [*a, out] if torch.is_tensor(t))
             return out
+
         return wrapper
 
     for name in LOSSES[model]:
@@ -577,13 +756,21 @@ TINY_NETS = {
     "cgan": lambda m: (m.Generator(32, 100, 8, n_classes=3), m.Discriminator(32, 8, n_classes=3)),
     "sngan": lambda m: (m.Generator(32, 128, 8), m.Discriminator(32, 8)),
     "sagan": lambda m: (m.Generator(32, 128, 8), m.Discriminator(32, 8)),
-    "biggan": lambda m: (m.Generator(32, 120, 4, n_classes=3, attn_res=16),
-                         m.Discriminator(32, 4, n_classes=3, attn_res=16)),
+    "biggan": lambda m: (
+        m.Generator(32, 120, 4, n_classes=3, attn_res=16),
+        m.Discriminator(32, 4, n_classes=3, attn_res=16),
+    ),
 }
 # max|bf16 - fp32| / max|fp32| over G's images and over D's logits, seed 0: 3x the error measured
 # on CPU (torch 2.13). Errors grow ~0.5% per layer; tanh makes the ResNet Gs' images the largest
-AMP_TOL = {"dcgan": (0.03, 0.02), "wgan": (0.03, 0.02), "cgan": (0.03, 0.02),
-           "sngan": (0.11, 0.03), "sagan": (0.05, 0.035), "biggan": (0.15, 0.02)}
+AMP_TOL = {
+    "dcgan": (0.03, 0.02),
+    "wgan": (0.03, 0.02),
+    "cgan": (0.03, 0.02),
+    "sngan": (0.11, 0.03),
+    "sagan": (0.05, 0.035),
+    "biggan": (0.15, 0.02),
+}
 
 
 @pytest.mark.parametrize("model", [m for m in AMP_TOL if m in MODELS])
@@ -616,6 +803,7 @@ def test_bf16_autocast_forward_of_g_and_d_matches_fp32(model):
 
 # --- every precision and compile mode trains, then resumes ---------------------------------------
 
+
 def train_straight_and_resumed(model, tmp_path, *mode):
     """4 steps in one run, and 2 + 2 with --resume; returns both checkpoints."""
     mod, args = tiny_args(model, tmp_path / "straight", *mode, steps=4)
@@ -646,20 +834,22 @@ def test_reduced_precision_trains_and_resumes_the_same_run(model, precision, tmp
 @pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_compile_trains_and_resumes(model, tmp_path):
-    """Compiled kernels are not bit-stable across compilations (torch.compile may recompile with
-    dynamic shapes after it has seen a second shape, in this process or another), so a resumed
-    compiled run is held to closeness with the straight one, not to equality."""
-    a, b = train_straight_and_resumed(model, tmp_path, "--compile")
-    assert b["step"] == 4 and b["args"]["compile"] is True
-    recs = [json.loads(line) for line in open(tmp_path / "resumed" / "log.jsonl")]
+    """--compile for 2 steps, then --resume to 4. Compiled kernels are not bit-stable across
+    compilations (torch.compile recompiles with dynamic shapes once it has seen a second shape),
+    so bit-exact resume is tested in eager mode; here the run must go on where it stopped."""
+    mod, args = tiny_args(model, tmp_path, "--compile", steps=2)
+    mod.train(args)
+    before = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    mod.train(mod.get_args(["--out", str(tmp_path), "--resume", "--steps", "4"]))
+    after = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+    assert after["step"] == 4 and after["args"]["compile"] is True
+    recs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
     assert [r["step"] for r in recs] == [2, 4] and all(math.isfinite(r["loss_G"]) for r in recs)
-    for net in ("G", "D", "G_ema"):
-        for k, v in a[net].items():
-            if v.is_floating_point():
-                assert (v - b[net][k]).abs().max() <= 1e-2, f"{model} compile {net}.{k} differs"
+    assert not all(torch.equal(v, after["G"][k]) for k, v in before["G"].items())
 
 
 # --- options at their edges, and what --resume takes from the command line ------------------------
+
 
 @pytest.mark.parametrize("model", MODELS)
 def test_sampling_options_at_their_edges_are_one_line_errors(model, capsys):
@@ -682,8 +872,9 @@ def test_resume_honours_typed_flags_even_at_their_default(model, tmp_path, capsy
     mod.train(args)
     default_steps = mod.get_args([]).steps
     capsys.readouterr()
-    args, ckpt = mod.start_or_resume(mod.get_args(["--out", str(tmp_path), "--resume",
-                                                   "--steps", str(default_steps)]))
+    args, ckpt = mod.start_or_resume(
+        mod.get_args(["--out", str(tmp_path), "--resume", "--steps", str(default_steps)])
+    )
     assert args.steps == default_steps and ckpt["args"]["steps"] == 2 and args.batch == 8
     said = capsys.readouterr().out
     assert f"from the command line: steps={default_steps};" in said and "batch=8" in said
@@ -695,40 +886,60 @@ def test_resume_honours_typed_flags_even_at_their_default(model, tmp_path, capsy
 
 # --- DCGAN as the paper describes it ------------------------------------------------------------
 
+
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_dcgan_architecture_follows_the_paper():
     import dcgan
+
     for res in (32, 64, 128):
         G, D = dcgan.Generator(res, 100, 8), dcgan.Discriminator(res, 8)
         assert G(torch.randn(2, 100)).shape == (2, 3, res, res)
         assert D(torch.randn(2, 3, res, res)).shape == (2,)
     G, D = dcgan.Generator(64), dcgan.Discriminator(64)
     assert isinstance(G.net[-1], torch.nn.Tanh)
-    assert not any(isinstance(m, (torch.nn.Linear, torch.nn.MaxPool2d, torch.nn.AvgPool2d)) for m in D.modules())
-    assert isinstance(D.net[1], torch.nn.LeakyReLU) and D.net[1].negative_slope == 0.2  # no BN on layer 1
+    assert not any(
+        isinstance(m, (torch.nn.Linear, torch.nn.MaxPool2d, torch.nn.AvgPool2d))
+        for m in D.modules()
+    )
+    assert (
+        isinstance(D.net[1], torch.nn.LeakyReLU) and D.net[1].negative_slope == 0.2
+    )  # no BN on layer 1
     bns = [m for m in list(G.modules()) + list(D.modules()) if isinstance(m, torch.nn.BatchNorm2d)]
     assert bns and all(m.eps == 1e-5 for m in bns)  # BatchNorm eps left at its default
     G.apply(dcgan.init_weights)
-    w = torch.cat([m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)])
+    w = torch.cat(
+        [m.weight.flatten() for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)]
+    )
     assert abs(w.std().item() - 0.02) < 0.001 and abs(w.mean().item()) < 0.001
-    assert [m.out_channels for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == [512, 256, 128, 64, 3]
+    assert [m.out_channels for m in G.modules() if isinstance(m, torch.nn.ConvTranspose2d)] == [
+        512,
+        256,
+        128,
+        64,
+        3,
+    ]
 
 
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_dcgan_losses_on_known_logits():
     import dcgan
+
     zero = torch.zeros(4)
     assert dcgan.loss_d(zero, zero).item() == pytest.approx(2 * math.log(2))
     assert dcgan.loss_g(zero).item() == pytest.approx(math.log(2))
     big = torch.full((4,), 30.0)
-    assert dcgan.loss_d(big, -big).item() < 1e-6 and dcgan.loss_g(-big).item() == pytest.approx(30, rel=1e-6)
+    assert dcgan.loss_d(big, -big).item() < 1e-6 and dcgan.loss_g(-big).item() == pytest.approx(
+        30, rel=1e-6
+    )
 
 
 # --- SAGAN as the paper and the anime seed describe it ------------------------------------------
 
+
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_attention_block_is_the_identity_while_gamma_is_zero():
     import sagan
+
     torch.manual_seed(0)
     block = sagan.SelfAttention(16)
     assert block.gamma.item() == 0.0 and block.gamma.requires_grad  # starts at 0, learned (sec. 3)
@@ -746,6 +957,7 @@ def test_sagan_attention_block_is_the_identity_while_gamma_is_zero():
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_attention_rows_sum_to_one_and_match_the_fast_path():
     import sagan
+
     torch.manual_seed(0)
     block = sagan.SelfAttention(16).eval()
     with torch.no_grad():
@@ -753,7 +965,9 @@ def test_sagan_attention_rows_sum_to_one_and_match_the_fast_path():
     x = torch.randn(3, 16, 8, 4)
     beta = block.attention_map(x)
     assert beta.shape == (3, 32, 32) and (beta >= 0).all()
-    assert torch.allclose(beta.sum(-1), torch.ones(3, 32), atol=1e-6)  # softmax over positions, per row
+    assert torch.allclose(
+        beta.sum(-1), torch.ones(3, 32), atol=1e-6
+    )  # softmax over positions, per row
     assert beta.std() > 1e-3  # not uniform: the rows depend on the features
     # forward uses scaled_dot_product_attention(scale=1); it must equal eq. 1-3 written out
     _, _, v = block.qkv(x)
@@ -768,15 +982,20 @@ def test_sagan_shapes_and_attention_placement_at_32_and_64(upsample):
 
     def attention_inputs(model, x):
         sizes = []
-        hooks = [m.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[1:])))
-                 for m in model.modules() if isinstance(m, sagan.SelfAttention)]
+        hooks = [
+            m.register_forward_hook(lambda m, i, o: sizes.append(tuple(i[0].shape[1:])))
+            for m in model.modules()
+            if isinstance(m, sagan.SelfAttention)
+        ]
         out = model(x)
         for h in hooks:
             h.remove()
         return out, sizes
 
     for res, ch, attn in ((64, 64, 32), (32, 8, 16), (64, 8, 16)):
-        kw = {} if attn == res // 2 else {"attn_res": attn}  # the default is res / 2: 32x32 at 64x64
+        kw = (
+            {} if attn == res // 2 else {"attn_res": attn}
+        )  # the default is res / 2: 32x32 at 64x64
         G = sagan.Generator(res, 128, ch, upsample=upsample, **kw)
         D = sagan.Discriminator(res, ch, **kw)
         x, g_sizes = attention_inputs(G, torch.randn(2, 128))
@@ -786,7 +1005,9 @@ def test_sagan_shapes_and_attention_placement_at_32_and_64(upsample):
         assert g_sizes[0][1:] == d_sizes[0][1:] == (attn, attn)
     convs = [m for m in G.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
     convs += [m for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.ConvTranspose2d))]
-    assert all(isinstance(m, (sagan.SNConv2d, sagan.SNConvTranspose2d)) for m in convs)  # SN on every layer
+    assert all(
+        isinstance(m, (sagan.SNConv2d, sagan.SNConvTranspose2d)) for m in convs
+    )  # SN on every layer
     assert not any(isinstance(m, torch.nn.Linear) for m in list(G.modules()) + list(D.modules()))
     with pytest.raises(sagan.UserError, match="attn-res"):
         sagan.check_res(64, 64)
@@ -795,6 +1016,7 @@ def test_sagan_shapes_and_attention_placement_at_32_and_64(upsample):
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_spectral_norm_gives_sigma_near_one():
     import sagan
+
     torch.manual_seed(0)
     for conv in (sagan.SNConv2d(16, 32, 3), sagan.SNConvTranspose2d(32, 16, 4, 2, 1)):
         for _ in range(50):  # one power iteration per training forward
@@ -818,24 +1040,31 @@ def test_spectral_norm_survives_two_forwards_before_one_backward(model):
     D = mod.Discriminator(32, 8) if model == "sagan" else mod.Discriminator(32, 4, n_classes=2)
     args = () if model == "sagan" else (torch.zeros(2, dtype=torch.long),)
     us = [b.clone() for name, b in D.named_buffers() if name.endswith("u")]
-    loss = mod.hinge_loss_d(D(torch.randn(2, 3, 32, 32), *args), D(torch.randn(2, 3, 32, 32), *args))
+    loss = mod.hinge_loss_d(
+        D(torch.randn(2, 3, 32, 32), *args), D(torch.randn(2, 3, 32, 32), *args)
+    )
     loss.backward()
     after = [b for name, b in D.named_buffers() if name.endswith("u")]
     assert us and not all(torch.equal(a, b) for a, b in zip(us, after))
     assert all(p.grad is not None for p in D.parameters() if p.requires_grad)
 
+
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_hinge_losses_on_known_logits():
     import sagan
+
     zero = torch.zeros(4)
     assert sagan.hinge_loss_d(zero, zero).item() == pytest.approx(2.0)
-    assert sagan.hinge_loss_d(torch.full((4,), 3.0), torch.full((4,), -3.0)).item() == 0.0  # beyond the margin
+    assert (
+        sagan.hinge_loss_d(torch.full((4,), 3.0), torch.full((4,), -3.0)).item() == 0.0
+    )  # beyond the margin
     assert sagan.hinge_loss_g(torch.tensor([1.0, 3.0])).item() == pytest.approx(-2.0)
 
 
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_z_is_a_truncated_normal_with_std_half():
     import sagan
+
     z = sagan.sample_z(20000, 8, torch.Generator().manual_seed(0))
     assert z.abs().max() <= 1.0 and z.abs().max() > 0.99
     # N(0, 0.5^2) cut at +-2 std has std 0.5 * 0.880 = 0.440
@@ -845,8 +1074,14 @@ def test_sagan_z_is_a_truncated_normal_with_std_half():
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
 def test_sagan_ttur_and_logged_gammas(tmp_path):
     import sagan
+
     args = sagan.get_args([])
-    assert (args.lr_g, args.lr_d, args.upsample, args.attn_res) == (1e-4, 4e-4, "convtranspose", None)
+    assert (args.lr_g, args.lr_d, args.upsample, args.attn_res) == (
+        1e-4,
+        4e-4,
+        "convtranspose",
+        None,
+    )
     mod, args = tiny_args("sagan", tmp_path, steps=4)
     mod.train(args)
     recs = [json.loads(line) for line in open(tmp_path / "log.jsonl")]
@@ -855,21 +1090,28 @@ def test_sagan_ttur_and_logged_gammas(tmp_path):
     assert ckpt["opt_G"]["param_groups"][0]["betas"] == (0.0, 0.9)
     gammas = {k: v for k, v in ckpt["G"].items() if k.endswith("gamma")}
     gammas.update({k: v for k, v in ckpt["D"].items() if k.endswith("gamma")})
-    assert len(gammas) == 2 and all(v.item() != 0.0 for v in gammas.values())  # gamma moves from its 0 start
+    assert len(gammas) == 2 and all(
+        v.item() != 0.0 for v in gammas.values()
+    )  # gamma moves from its 0 start
 
 
 # --- fid.py -------------------------------------------------------------------------------------
 
 INCEPTION = os.path.join(SHARED, "fid", "pt_inception-2015-12-05.pth")
-needs_inception = pytest.mark.skipif(not os.path.isfile(INCEPTION),
-                                     reason="../shared/fid is absent (only on the project's machines)")
+needs_inception = pytest.mark.skipif(
+    not os.path.isfile(INCEPTION), reason="../shared/fid is absent (only on the project's machines)"
+)
 
 
 def test_fid_of_a_set_with_itself_is_zero():
     rng = np.random.default_rng(0)
-    f = rng.normal(size=(300, 2048)) * rng.uniform(0, 3, 2048) + rng.normal(size=2048)  # rank 299 < 2048
+    f = rng.normal(size=(300, 2048)) * rng.uniform(0, 3, 2048) + rng.normal(
+        size=2048
+    )  # rank 299 < 2048
     assert abs(fid.fid_from_features(f, f)) < 1e-6
-    assert fid.fid_from_features(f, f + 0.1) == pytest.approx(2048 * 0.01, rel=1e-6)  # a shift: |dmu|^2 only
+    assert fid.fid_from_features(f, f + 0.1) == pytest.approx(
+        2048 * 0.01, rel=1e-6
+    )  # a shift: |dmu|^2 only
     g = f[:100, :256]  # the covariance path (eigh + singular values), also rank-deficient: 99 < 256
     assert abs(fid.frechet_distance(*fid.statistics(g), *fid.statistics(g))) < 1e-6
 
@@ -878,28 +1120,39 @@ def test_fid_small_sample_path_equals_the_covariance_path():
     rng = np.random.default_rng(2)
     f, g = rng.normal(size=(100, 256)) * rng.uniform(0, 3, 256), rng.normal(size=(90, 256)) + 0.2
     assert fid.fid_from_features(f, g) == pytest.approx(
-        fid.frechet_distance(*fid.statistics(f), *fid.statistics(g)), rel=1e-8)
+        fid.frechet_distance(*fid.statistics(f), *fid.statistics(g)), rel=1e-8
+    )
 
 
 def test_fid_matches_the_closed_form_between_gaussians():
     # 2x2, non-commuting covariances: tr sqrt(AB) = sqrt(tr(AB) + 2 sqrt(det A det B))
     A, B = np.array([[2.0, 0.5], [0.5, 1.0]]), np.array([[1.0, -0.3], [-0.3, 3.0]])
     mu1, mu2 = np.array([0.0, 1.0]), np.array([1.0, -1.0])
-    closed = 5 + np.trace(A) + np.trace(B) - 2 * math.sqrt(np.trace(A @ B) + 2 * math.sqrt(
-        np.linalg.det(A) * np.linalg.det(B)))
+    closed = (
+        5
+        + np.trace(A)
+        + np.trace(B)
+        - 2 * math.sqrt(np.trace(A @ B) + 2 * math.sqrt(np.linalg.det(A) * np.linalg.det(B)))
+    )
     assert fid.frechet_distance(mu1, A, mu2, B) == pytest.approx(closed, rel=1e-12)
     # 64-d, shared eigenvectors: FID = |dmu|^2 + sum (sqrt a - sqrt b)^2
     rng = np.random.default_rng(1)
     Q, _ = np.linalg.qr(rng.normal(size=(64, 64)))
     a, b = rng.uniform(0.1, 4, 64), rng.uniform(0.1, 4, 64)
     d = rng.normal(size=64)
-    closed = (d ** 2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
-    assert fid.frechet_distance(d, Q * a @ Q.T, np.zeros(64), Q * b @ Q.T) == pytest.approx(closed, rel=1e-9)
+    closed = (d**2).sum() + ((np.sqrt(a) - np.sqrt(b)) ** 2).sum()
+    assert fid.frechet_distance(d, Q * a @ Q.T, np.zeros(64), Q * b @ Q.T) == pytest.approx(
+        closed, rel=1e-9
+    )
     # from samples: statistics() estimates mean and (n-1) covariance, so FID converges to the closed form
     x = rng.normal(size=(200_000, 2)) @ np.linalg.cholesky(A).T + mu1
     y = rng.normal(size=(200_000, 2)) @ np.linalg.cholesky(B).T + mu2
-    closed = 5 + np.trace(A) + np.trace(B) - 2 * math.sqrt(np.trace(A @ B) + 2 * math.sqrt(
-        np.linalg.det(A) * np.linalg.det(B)))
+    closed = (
+        5
+        + np.trace(A)
+        + np.trace(B)
+        - 2 * math.sqrt(np.trace(A @ B) + 2 * math.sqrt(np.linalg.det(A) * np.linalg.det(B)))
+    )
     assert fid.fid_from_features(x, y) == pytest.approx(closed, abs=0.05)
     assert fid.statistics(np.array([[0.0], [2.0]]))[1][0, 0] == 2.0  # unbiased: divides by n - 1
 
@@ -911,28 +1164,42 @@ def test_kid_is_unbiased_mmd_with_the_cubic_kernel():
     assert (kid, std, m) == (pytest.approx(1 + 1 - 2 * 7.5), 0.0, 2)
     rng = np.random.default_rng(0)
     f = rng.normal(size=(2000, 64))
-    same, _, m = fid.kernel_inception_distance(f, f[rng.permutation(2000)], subsets=20, subset_size=200)
-    other, other_std, _ = fid.kernel_inception_distance(f, rng.normal(size=(2000, 64)), subsets=20,
-                                                        subset_size=200)
+    same, _, m = fid.kernel_inception_distance(
+        f, f[rng.permutation(2000)], subsets=20, subset_size=200
+    )
+    other, other_std, _ = fid.kernel_inception_distance(
+        f, rng.normal(size=(2000, 64)), subsets=20, subset_size=200
+    )
     shifted, _, _ = fid.kernel_inception_distance(f, f + 0.3, subsets=20, subset_size=200)
     assert m == 200 and shifted > 0.1
-    assert abs(same) < 0.05 * shifted and abs(other) < 0.05 * shifted  # near 0: shuffled copy, fresh draw
-    assert abs(other) < 4 * other_std / math.sqrt(20)  # unbiased: no offset beyond the sampling noise
+    assert (
+        abs(same) < 0.05 * shifted and abs(other) < 0.05 * shifted
+    )  # near 0: shuffled copy, fresh draw
+    assert abs(other) < 4 * other_std / math.sqrt(
+        20
+    )  # unbiased: no offset beyond the sampling noise
 
 
 def test_inception_features_have_shape_n_by_2048():
     torch.manual_seed(0)
-    net = fid.FIDInceptionV3().eval()  # random weights: the shape and batching do not depend on them
+    net = (
+        fid.FIDInceptionV3().eval()
+    )  # random weights: the shape and batching do not depend on them
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
     f = fid.features_of_images(net, images, "cpu", batch=2)
     assert f.shape == (3, 2048) and f.dtype == np.float32 and np.isfinite(f).all()
     with torch.no_grad():
-        assert np.allclose(f, net(torch.from_numpy(images)).numpy(), atol=1e-5)  # batches change nothing
+        assert np.allclose(
+            f, net(torch.from_numpy(images)).numpy(), atol=1e-5
+        )  # batches change nothing
     x = torch.linspace(-1, 1, 2 * 3 * 4 * 4).view(2, 3, 4, 4)
     u = fid.to_uint8(x)  # same rounding as the PNG grids: compare with make_grid's pixels
     grid = np.asarray(common.make_grid(x, nrow=2, pad=0))
-    assert u.shape == (2, 4, 4, 3) and np.array_equal(grid[:, :4], u[0].numpy()) and np.array_equal(
-        grid[:, 4:], u[1].numpy())
+    assert (
+        u.shape == (2, 4, 4, 3)
+        and np.array_equal(grid[:, :4], u[0].numpy())
+        and np.array_equal(grid[:, 4:], u[1].numpy())
+    )
 
 
 @needs_inception
@@ -940,75 +1207,158 @@ def test_both_kinds_of_inception_weight_files_load(tmp_path):
     net, wid = fid.load_inception(INCEPTION)
     state = torch.load(INCEPTION, weights_only=True)
     assert "fc.weight" not in state
-    torch.save(dict(state, **{"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}),
-               tmp_path / "with_fc.pth")
+    torch.save(
+        dict(state, **{"fc.weight": torch.zeros(1008, 2048), "fc.bias": torch.zeros(1008)}),
+        tmp_path / "with_fc.pth",
+    )
     net_fc, wid_fc = fid.load_inception(str(tmp_path / "with_fc.pth"))
     assert wid_fc == wid
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (1, 64, 64, 3), dtype=np.uint8))
     with torch.no_grad():
         f = net(x)
         assert torch.equal(f, net_fc(x)) and f.shape == (1, 2048)
-    assert f.min() >= 0 and 0.05 < f.mean() < 2  # pool3 of ReLU outputs: non-negative, of order 0.1-1
-    torch.save({"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "extra.weight": torch.zeros(1)}, tmp_path / "bad.pth")
-    with pytest.raises(common.UserError, match=r"missing \[.*unexpected \['extra.weight'\], "
-                                               r"wrong shape \['Conv2d_1a_3x3.conv.weight'\]"):
+    assert (
+        f.min() >= 0 and 0.05 < f.mean() < 2
+    )  # pool3 of ReLU outputs: non-negative, of order 0.1-1
+    torch.save(
+        {"Conv2d_1a_3x3.conv.weight": torch.zeros(1), "extra.weight": torch.zeros(1)},
+        tmp_path / "bad.pth",
+    )
+    with pytest.raises(
+        common.UserError,
+        match=r"missing \[.*unexpected \['extra.weight'\], "
+        r"wrong shape \['Conv2d_1a_3x3.conv.weight'\]",
+    ):
         fid.load_inception(str(tmp_path / "bad.pth"))
 
 
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_fid_cli_on_a_checkpoint_writes_the_last_line_json_and_cache(tmp_path, capsys):
     import dcgan
+
     for i in range(5):
         Image.new("RGB", (40, 40), (40 * i, 200 - 30 * i, 90)).save(tmp_path / f"{i}.png")
-    dcgan.train(dcgan.get_args(["--data", "toy", "--res", "32", "--batch", "8", "--steps", "2", "--out",
-                                str(tmp_path / "run"), "--device", "cpu", *TINY["dcgan"]]))
-    torch.manual_seed(0)  # random Inception weights keep this test free of ../shared; the math is the same
+    dcgan.train(
+        dcgan.get_args(
+            [
+                "--data",
+                "toy",
+                "--res",
+                "32",
+                "--batch",
+                "8",
+                "--steps",
+                "2",
+                "--out",
+                str(tmp_path / "run"),
+                "--device",
+                "cpu",
+                *TINY["dcgan"],
+            ]
+        )
+    )
+    torch.manual_seed(
+        0
+    )  # random Inception weights keep this test free of ../shared; the math is the same
     torch.save(fid.FIDInceptionV3().state_dict(), tmp_path / "w.pth")
-    argv = [str(tmp_path), str(tmp_path / "run" / "ckpt.pt"), "--n", "4", "--inception", str(tmp_path / "w.pth"),
-            "--device", "cpu", "--batch", "3", "--json", str(tmp_path / "fid.json")]
+    argv = [
+        str(tmp_path),
+        str(tmp_path / "run" / "ckpt.pt"),
+        "--n",
+        "4",
+        "--inception",
+        str(tmp_path / "w.pth"),
+        "--device",
+        "cpu",
+        "--batch",
+        "3",
+        "--json",
+        str(tmp_path / "fid.json"),
+    ]
     r = run_cli("fid.py", *argv)
     assert r.returncode == 0, r.stderr
     last = r.stdout.strip().splitlines()[-1]
     m = re.fullmatch(r"fid (\S+) \| kid (\S+) \| n_real 4 \| n_fake 4", last)
     assert m, last
     res = json.load(open(tmp_path / "fid.json"))
-    assert f"{res['fid']:.4f}" == m.group(1) and f"{res['kid']:.6f}" == m.group(2) and res["res"] == 32
+    assert (
+        f"{res['fid']:.4f}" == m.group(1) and f"{res['kid']:.6f}" == m.group(2) and res["res"] == 32
+    )
     assert res["fid"] > 0 and res["n_real"] == 4
     capsys.readouterr()
-    fid.measure(fid.get_args(argv))  # the same again, in this process: the real side comes from the cache
+    fid.measure(
+        fid.get_args(argv)
+    )  # the same again, in this process: the real side comes from the cache
     out = capsys.readouterr().out
     assert "cached features of 4 images" in out and out.strip().splitlines()[-1] == last
-    with pytest.raises(common.UserError, match="neither an image folder nor a readable model checkpoint"):
-        fid.measure(fid.get_args([str(tmp_path), str(tmp_path / "w.pth"), "--n", "4", "--device", "cpu"]))
+    with pytest.raises(
+        common.UserError, match="neither an image folder nor a readable model checkpoint"
+    ):
+        fid.measure(
+            fid.get_args([str(tmp_path), str(tmp_path / "w.pth"), "--n", "4", "--device", "cpu"])
+        )
 
 
 # --- bench.py -----------------------------------------------------------------------------------
 
+
 def test_bench_parses_the_model_header_line():
-    line = ("dcgan | toy: 4096 images, 64x64 | G 3.58M D 2.77M params | cuda:0 bf16 | batch 64 on 1 "
-            "process(es) | out /tmp/x")
+    line = (
+        "dcgan | toy: 4096 images, 64x64 | G 3.58M D 2.77M params | cuda:0 bf16 | batch 64 on 1 "
+        "process(es) | out /tmp/x"
+    )
     assert bench.parse_header("decoding...\n" + line + "\nstep 10/60 | ...") == {
-        "G": 3.58e6, "D": 2.77e6, "device": "cuda:0", "precision": "bf16"}
+        "G": 3.58e6,
+        "D": 2.77e6,
+        "device": "cuda:0",
+        "precision": "bf16",
+    }
     assert bench.parse_header("no header here") == {}
 
 
 def test_bench_timing_drops_the_warm_up_interval():
     recs = [{"step": 2, "img_s": 1.0}, {"step": 4, "img_s": 100.0}, {"step": 6, "img_s": 300.0}]
     ms, img_s, steps = bench.timing(recs, batch=10)  # timed: 2*10/100 + 2*10/300 s over 4 steps
-    assert steps == 4 and ms == pytest.approx(1000 * (0.2 + 0.2 / 3) / 4) and img_s == pytest.approx(150.0)
+    assert (
+        steps == 4
+        and ms == pytest.approx(1000 * (0.2 + 0.2 / 3) / 4)
+        and img_s == pytest.approx(150.0)
+    )
     with pytest.raises(common.UserError, match="at least 2"):
         bench.timing(recs[:1], batch=10)
 
 
 def test_bench_markdown_table():
-    rows = [{"model": "dcgan", "G": 3.576e6, "D": 2.766e6, "res": 64, "batch": 64, "precision": "bf16",
-             "ms_step": 12.345, "img_s": 5184.4, "mem_gb": 1.234},
-            {"model": "wgan", "G": 1e6, "D": 1e6, "res": 64, "batch": 64, "precision": "fp32", "ms_step": 100.0,
-             "img_s": 640.0, "mem_gb": None},
-            {"model": "cgan", "res": 64, "batch": 64, "error": "exit 1: cgan: error: a | b"}]
+    rows = [
+        {
+            "model": "dcgan",
+            "G": 3.576e6,
+            "D": 2.766e6,
+            "res": 64,
+            "batch": 64,
+            "precision": "bf16",
+            "ms_step": 12.345,
+            "img_s": 5184.4,
+            "mem_gb": 1.234,
+        },
+        {
+            "model": "wgan",
+            "G": 1e6,
+            "D": 1e6,
+            "res": 64,
+            "batch": 64,
+            "precision": "fp32",
+            "ms_step": 100.0,
+            "img_s": 640.0,
+            "mem_gb": None,
+        },
+        {"model": "cgan", "res": 64, "batch": 64, "error": "exit 1: cgan: error: a | b"},
+    ]
     lines = bench.markdown_table(rows, 40123.4).splitlines()
-    assert lines[0] == ("| model | G params | D params | res | batch | precision | ms/step | img/s | peak mem "
-                        "| loader img/s |")
+    assert lines[0] == (
+        "| model | G params | D params | res | batch | precision | ms/step | img/s | peak mem "
+        "| loader img/s |"
+    )
     assert all(line.count("|") == len(bench.COLUMNS) + 1 for line in lines)
     assert lines[2] == "| dcgan | 3.58M | 2.77M | 64 | 64 | bf16 | 12.3 | 5184 | 1.23 GB | 40123 |"
     assert lines[3].split(" | ")[8] == "-"  # no CUDA memory on the CPU
@@ -1017,12 +1367,30 @@ def test_bench_markdown_table():
 
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_runs_a_model_and_reports_its_parameters(capsys):
-    assert "dcgan" in bench.model_files() and not {"fid", "bench", "common"} & set(bench.model_files())
-    rc = bench.main(["dcgan", "--res", "32", "--batch", "8", "--steps", "4", "--log-every", "2", "--device", "cpu",
-                     "--", *TINY["dcgan"]])
+    assert "dcgan" in bench.model_files() and not {"fid", "bench", "common"} & set(
+        bench.model_files()
+    )
+    rc = bench.main(
+        [
+            "dcgan",
+            "--res",
+            "32",
+            "--batch",
+            "8",
+            "--steps",
+            "4",
+            "--log-every",
+            "2",
+            "--device",
+            "cpu",
+            "--",
+            *TINY["dcgan"],
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
     import dcgan
+
     n_g = sum(p.numel() for p in dcgan.Generator(32, 100, 8).parameters())
     row = next(line for line in out.splitlines() if line.startswith("| dcgan |")).split(" | ")
     assert row[1] == f"{n_g / 1e6:.2f}M" and row[3:6] == ["32", "8", "fp32"] and float(row[6]) > 0
@@ -1032,14 +1400,18 @@ def test_bench_runs_a_model_and_reports_its_parameters(capsys):
 
 # --- bench.py: FLOPs and the GPU acceptance run -------------------------------------------------
 
+
 def test_bench_flop_counter_counts_double_backward_and_cpu_attention():
-    net = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, padding=1), torch.nn.Softplus(),
-                              torch.nn.Conv2d(4, 1, 3, padding=1))
+    net = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 4, 3, padding=1),
+        torch.nn.Softplus(),
+        torch.nn.Conv2d(4, 1, 3, padding=1),
+    )
     x = torch.randn(2, 3, 8, 8, requires_grad=True)  # a leaf module input, as in R1 and the GP
     with bench.FlopCounter() as plain:
         net(x).sum().backward()
     with bench.FlopCounter() as penalty:
-        grad, = torch.autograd.grad(net(x).sum(), x, create_graph=True)
+        (grad,) = torch.autograd.grad(net(x).sum(), x, create_graph=True)
         grad.square().sum().backward()
     assert penalty.get_total_flops() > plain.get_total_flops() > 0
     # attention counts as its matmuls on any kernel: 2 forward, 4 backward (the fused CPU kernel
@@ -1048,6 +1420,7 @@ def test_bench_flop_counter_counts_double_backward_and_cpu_attention():
     with bench.FlopCounter() as fused:
         F.scaled_dot_product_attention(q, k, v, scale=1.0).sum().backward()
     from torch.nn.attention import SDPBackend, sdpa_kernel
+
     with sdpa_kernel(SDPBackend.MATH), bench.FlopCounter() as math_path:
         F.scaled_dot_product_attention(q, k, v, scale=1.0).sum().backward()
     assert fused.get_total_flops() == math_path.get_total_flops() == 6 * (2 * 2 * 64 * 64 * 8)
@@ -1055,8 +1428,11 @@ def test_bench_flop_counter_counts_double_backward_and_cpu_attention():
 
 def test_bench_flops_separates_one_off_per_step_and_per_image_work(monkeypatch):
     # F(b, n) = one-off + n * (per step + per image * b): what flops_row takes apart
-    monkeypatch.setattr(bench, "count_flops", lambda model, flags, args, batch, steps:
-                        7e9 + steps * (3e9 + 2e9 * batch))
+    monkeypatch.setattr(
+        bench,
+        "count_flops",
+        lambda model, flags, args, batch, steps: 7e9 + steps * (3e9 + 2e9 * batch),
+    )
     args = argparse.Namespace(data="toy", res=32, batch=64, device="cpu", flop_batches=[2, 4])
     r = bench.flops_row("dcgan", [], args)
     assert r["gflop_per_image"] == pytest.approx(2) and r["gflop_per_step"] == pytest.approx(3)
@@ -1068,6 +1444,7 @@ def test_bench_flops_separates_one_off_per_step_and_per_image_work(monkeypatch):
     assert lines.splitlines()[3].startswith("| wgan |  | failed: boom |")
     if "stylegan2_ada" in MODELS:  # a count must span whole cycles of its lazy regularisation
         import stylegan2_ada
+
         n = bench.flops_row("stylegan2_ada", [], args)["steps_counted"]
         assert n % stylegan2_ada.R1_INTERVAL == 0 and n % stylegan2_ada.PL_INTERVAL == 0
 
@@ -1075,12 +1452,15 @@ def test_bench_flops_separates_one_off_per_step_and_per_image_work(monkeypatch):
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_flops_counts_exactly_one_training_step(tmp_path, capsys):
     path = tmp_path / "flops.json"
-    assert bench.main(["--flops", "dcgan", "--res", "32", "--json", str(path), "--",
-                       *TINY["dcgan"]]) == 0
+    assert (
+        bench.main(["--flops", "dcgan", "--res", "32", "--json", str(path), "--", *TINY["dcgan"]])
+        == 0
+    )
     assert "| dcgan | --g-ch 8 --d-ch 8 | 32 | 64 |" in capsys.readouterr().out
     row = json.loads(path.read_text())["rows"][0]
     # the same step by hand: D on reals and detached fakes, then G through D (train()'s order)
     import dcgan
+
     G, D = dcgan.Generator(32, 100, 8), dcgan.Discriminator(32, 8)
     z, x_real = torch.randn(2, 100), torch.rand(2, 3, 32, 32) * 2 - 1
     with bench.FlopCounter() as step:
@@ -1103,6 +1483,7 @@ def test_bench_flops_include_the_gradient_penalty():
     # the difference is one penalty per critic step: its critic forward on x_hat, the gradient at
     # x_hat and the double backward into the weights, more than a plain forward and backward
     import wgan
+
     D = wgan.Discriminator(32, 8)
     x_real, x_fake = torch.rand(2, 3, 32, 32), torch.rand(2, 3, 32, 32)
     with bench.FlopCounter() as penalty:
@@ -1110,7 +1491,8 @@ def test_bench_flops_include_the_gradient_penalty():
     with bench.FlopCounter() as plain:
         D(x_fake.requires_grad_(True)).sum().backward()
     assert (gp["gflops_img"] - clip["gflops_img"]) * 2e9 == pytest.approx(
-        penalty.get_total_flops(), rel=1e-9)
+        penalty.get_total_flops(), rel=1e-9
+    )
     assert penalty.get_total_flops() > plain.get_total_flops()
 
 
@@ -1119,7 +1501,8 @@ def test_bench_refuses_a_device_this_machine_lacks(monkeypatch):
         r = run_cli("bench.py", "--acceptance")
         assert r.returncode == 1 and r.stderr.strip().splitlines() == [
             "bench: error: --device cuda: this machine has no CUDA GPU (torch.cuda.is_available() "
-            "is False)"]
+            "is False)"
+        ]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     for argv in (["--acceptance"], ["--device", "cuda:0"], ["--flops", "--device", "cuda"]):
         with pytest.raises(common.UserError, match="no CUDA GPU"):
@@ -1131,15 +1514,31 @@ def test_bench_refuses_a_device_this_machine_lacks(monkeypatch):
 
 
 def test_bench_acceptance_table():
-    rows = [{"model": "dcgan", "G": 3.576e6, "D": 2.766e6, "res": 64, "batch": 64,
-             "precision": "bf16", "compile": True, "ms_step": 10.0, "img_s": 6400.0,
-             "mem_gb": 1.5, "gflops_img": 2.482, "tflop_s": 2.482 * 6400 / 1000},
-            {"model": "wgan", "res": 64, "batch": 64, "error": "bf16+compile: exit 1: boom"}]
+    rows = [
+        {
+            "model": "dcgan",
+            "G": 3.576e6,
+            "D": 2.766e6,
+            "res": 64,
+            "batch": 64,
+            "precision": "bf16",
+            "compile": True,
+            "ms_step": 10.0,
+            "img_s": 6400.0,
+            "mem_gb": 1.5,
+            "gflops_img": 2.482,
+            "tflop_s": 2.482 * 6400 / 1000,
+        },
+        {"model": "wgan", "res": 64, "batch": 64, "error": "bf16+compile: exit 1: boom"},
+    ]
     lines = bench.markdown_table(rows, columns=bench.ACCEPTANCE_COLUMNS).splitlines()
-    assert lines[0] == ("| model | G params | D params | res | batch | precision | ms/step | img/s "
-                        "| peak mem | GFLOPs/img | TFLOP/s |")
-    assert lines[2] == ("| dcgan | 3.58M | 2.77M | 64 | 64 | bf16+compile | 10.0 | 6400 | 1.50 GB "
-                        "| 2.482 | 15.9 |")
+    assert lines[0] == (
+        "| model | G params | D params | res | batch | precision | ms/step | img/s "
+        "| peak mem | GFLOPs/img | TFLOP/s |"
+    )
+    assert lines[2] == (
+        "| dcgan | 3.58M | 2.77M | 64 | 64 | bf16+compile | 10.0 | 6400 | 1.50 GB | 2.482 | 15.9 |"
+    )
     assert lines[3].startswith("| wgan | failed: bf16+compile: exit 1: boom |")
     assert all(line.count("|") == len(bench.ACCEPTANCE_COLUMNS) + 1 for line in lines)
 
@@ -1147,16 +1546,43 @@ def test_bench_acceptance_table():
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_acceptance_runs_on_the_cpu(tmp_path, capsys):
     flops = tmp_path / "flops.json"  # as written by --flops --json, read instead of counting
-    flops.write_text(json.dumps({"res": 32, "extra": TINY["dcgan"], "rows": [
-        {"model": "dcgan", "gflop_per_image": 0.5, "gflop_per_step": 8.0}]}))
+    flops.write_text(
+        json.dumps(
+            {
+                "res": 32,
+                "extra": TINY["dcgan"],
+                "rows": [{"model": "dcgan", "gflop_per_image": 0.5, "gflop_per_step": 8.0}],
+            }
+        )
+    )
     path = tmp_path / "acceptance.json"
-    argv = ["--acceptance", "dcgan", "--device", "cpu", "--res", "32", "--batch", "8",
-            "--steps", "4", "--log-every", "2", "--modes", "bf16",
-            "--flops-from", str(flops), "--json", str(path), "--", *TINY["dcgan"]]
+    argv = [
+        "--acceptance",
+        "dcgan",
+        "--device",
+        "cpu",
+        "--res",
+        "32",
+        "--batch",
+        "8",
+        "--steps",
+        "4",
+        "--log-every",
+        "2",
+        "--modes",
+        "bf16",
+        "--flops-from",
+        str(flops),
+        "--json",
+        str(path),
+        "--",
+        *TINY["dcgan"],
+    ]
     assert bench.main(argv) == 0
     out = capsys.readouterr().out
-    table = [line.strip("| ").split(" | ") for line in out.splitlines()
-             if line.startswith("| dcgan |")]
+    table = [
+        line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| dcgan |")
+    ]
     assert [cells[5] for cells in table] == ["bf16"]
     saved = json.loads(path.read_text())
     for r in saved["rows"]:
@@ -1164,16 +1590,18 @@ def test_bench_acceptance_runs_on_the_cpu(tmp_path, capsys):
         assert r["tflop_s"] == pytest.approx(r["gflops_img"] * r["img_s"] / 1000)
     assert [c["ok"] for c in saved["checks"]] == [True, True]
     assert "PASS torchrun --nproc_per_node=1 dcgan.py --steps 2: exit 0, ckpt.pt at step 2" in out
-    assert ("PASS torchrun --nproc_per_node=1 dcgan.py --resume --steps 4: exit 0, ckpt.pt at "
-            "step 4") in out
+    assert (
+        "PASS torchrun --nproc_per_node=1 dcgan.py --resume --steps 4: exit 0, ckpt.pt at step 4"
+    ) in out
     with pytest.raises(common.UserError, match="counted at --res 32"):  # before anything runs
         bench.main(["--acceptance", "dcgan", "--device", "cpu", "--flops-from", str(flops)])
 
 
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_torchrun_check_reports_a_failed_run(tmp_path):
-    args = argparse.Namespace(data=str(tmp_path / "no_such_data"), res=32, batch=8, device="cpu",
-                              log_every=2)
+    args = argparse.Namespace(
+        data=str(tmp_path / "no_such_data"), res=32, batch=8, device="cpu", log_every=2
+    )
     checks = bench.torchrun_and_resume("dcgan", args, TINY["dcgan"], str(tmp_path / "run"))
     assert [c["ok"] for c in checks] == [False, False]
     assert all(c["detail"].startswith("exit ") for c in checks)
@@ -1182,12 +1610,29 @@ def test_bench_torchrun_check_reports_a_failed_run(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_acceptance_default_modes_and_flop_count_on_the_cpu(tmp_path, capsys):
-    rc = bench.main(["--acceptance", "dcgan", "--device", "cpu", "--res", "32", "--batch", "8",
-                     "--steps", "4", "--log-every", "2", "--", *TINY["dcgan"]])
+    rc = bench.main(
+        [
+            "--acceptance",
+            "dcgan",
+            "--device",
+            "cpu",
+            "--res",
+            "32",
+            "--batch",
+            "8",
+            "--steps",
+            "4",
+            "--log-every",
+            "2",
+            "--",
+            *TINY["dcgan"],
+        ]
+    )
     out = capsys.readouterr().out
     assert rc == 0
-    table = [line.strip("| ").split(" | ") for line in out.splitlines()
-             if line.startswith("| dcgan |")]
+    table = [
+        line.strip("| ").split(" | ") for line in out.splitlines() if line.startswith("| dcgan |")
+    ]
     assert [cells[5] for cells in table] == ["fp32", "bf16", "bf16+compile"]
     for cells in table:  # GFLOPs/img counted in this run; TFLOP/s = GFLOPs/img * img/s / 1000
         assert float(cells[9]) > 0
@@ -1204,13 +1649,19 @@ def test_bench_on_a_faked_gpu_resolves_indexed_devices_and_names_the_gpu(monkeyp
         bench.resolve_device("cuda:2", "cpu")
     assert bench.device_name(torch.device("cuda", 0)).startswith("NVIDIA H200, torch ")
 
+
 # --- conditional GAN ----------------------------------------------------------------------------
+
 
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_cgan_label_changes_the_image_and_the_logit():
     import cgan
+
     torch.manual_seed(0)
-    G, D = cgan.Generator(32, 100, 8, n_classes=6).eval(), cgan.Discriminator(32, 8, n_classes=6).eval()
+    G, D = (
+        cgan.Generator(32, 100, 8, n_classes=6).eval(),
+        cgan.Discriminator(32, 8, n_classes=6).eval(),
+    )
     z = torch.randn(1, 100).repeat(6, 1)
     x = G(z, torch.arange(6))  # the same z under each of the 6 labels
     assert x.shape == (6, 3, 32, 32)
@@ -1224,35 +1675,53 @@ def test_cgan_label_changes_the_image_and_the_logit():
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_cgan_noise_std_schedule_hits_its_start_and_end():
     import cgan
+
     a = cgan.get_args([])
     assert a.noise_std == 0.75
     assert cgan.noise_std(0.0, a.noise_std, a.noise_kimg) == 0.75
-    assert cgan.noise_std(a.noise_kimg / 2, a.noise_std, a.noise_kimg) == pytest.approx(0.375)  # linear
+    assert cgan.noise_std(a.noise_kimg / 2, a.noise_std, a.noise_kimg) == pytest.approx(
+        0.375
+    )  # linear
     assert cgan.noise_std(a.noise_kimg, a.noise_std, a.noise_kimg) == 0.0
-    assert cgan.noise_std(10 * a.noise_kimg, a.noise_std, a.noise_kimg) == 0.0  # stays off, never negative
+    assert (
+        cgan.noise_std(10 * a.noise_kimg, a.noise_std, a.noise_kimg) == 0.0
+    )  # stays off, never negative
     assert cgan.noise_std(5.0, 0.0, a.noise_kimg) == 0.0 and cgan.noise_std(5.0, 0.75, 0) == 0.0
     x = torch.zeros(4000)
-    assert cgan.add_noise(x, 0.0) is x and cgan.add_noise(x, 0.5).std() == pytest.approx(0.5, rel=0.05)
+    assert cgan.add_noise(x, 0.0) is x and cgan.add_noise(x, 0.5).std() == pytest.approx(
+        0.5, rel=0.05
+    )
 
 
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_cgan_smoothed_targets_stay_in_their_ranges():
     import cgan
+
     a = cgan.get_args([])
     assert a.real_target == [0.95, 1.0] and a.fake_target == [0.0, 0.05]
     torch.manual_seed(0)
-    real, fake = cgan.smoothed_targets(10000, *a.real_target), cgan.smoothed_targets(10000, *a.fake_target)
+    real, fake = (
+        cgan.smoothed_targets(10000, *a.real_target),
+        cgan.smoothed_targets(10000, *a.fake_target),
+    )
     assert real.min() >= 0.95 and real.max() <= 1.0 and real.min() < 0.951 and real.max() > 0.999
     assert fake.min() >= 0.0 and fake.max() <= 0.05 and fake.min() < 0.001 and fake.max() > 0.049
-    zero = torch.zeros(4)  # D's loss is BCE against those targets: at logit 0 it is 2 log 2 whatever t is
+    zero = torch.zeros(
+        4
+    )  # D's loss is BCE against those targets: at logit 0 it is 2 log 2 whatever t is
     assert cgan.loss_d(zero, zero, real[:4], fake[:4]).item() == pytest.approx(2 * math.log(2))
-    big = torch.full((4,), 30.0)  # a confident D is now penalised: t = 0.975 costs 0.025 * 30 per side
-    assert cgan.loss_d(big, -big, torch.full((4,), 0.975), torch.full((4,), 0.025)).item() == pytest.approx(1.5, rel=1e-3)
+    big = torch.full(
+        (4,), 30.0
+    )  # a confident D is now penalised: t = 0.975 costs 0.025 * 30 per side
+    assert cgan.loss_d(
+        big, -big, torch.full((4,), 0.975), torch.full((4,), 0.025)
+    ).item() == pytest.approx(1.5, rel=1e-3)
 
 
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_cgan_grids_have_one_row_per_class(tmp_path, capsys):
     import cgan
+
     z, y = cgan.fixed_latents(6, 16, seed=0)
     assert y.tolist() == [c for c in range(6) for _ in range(8)]
     assert torch.equal(z[:8], z[8:16]) and not torch.equal(z[0], z[1])  # same z down a column
@@ -1261,24 +1730,44 @@ def test_cgan_grids_have_one_row_per_class(tmp_path, capsys):
     out = capsys.readouterr().out
     classes = list(common.TOY_HAIR)
     assert out.count(", ".join(classes)) == 1  # the class names, once, in row order
-    assert Image.open(tmp_path / "samples" / "step_000002.png").size == (8 * 34 + 2, len(classes) * 34 + 2)
+    assert Image.open(tmp_path / "samples" / "step_000002.png").size == (
+        8 * 34 + 2,
+        len(classes) * 34 + 2,
+    )
 
 
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_cgan_sampling_by_class_name_or_index(tmp_path):
     import cgan
+
     mod, args = tiny_args("cgan", tmp_path, steps=2)
     mod.train(args)
     G = cgan.load_generator(str(tmp_path / "ckpt.pt"))
     assert G.classes == list(common.TOY_HAIR)
     blonde = G.classes.index("blonde")
-    assert torch.equal(cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=torch.full((3,), blonde)))
+    assert torch.equal(
+        cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=torch.full((3,), blonde))
+    )
     assert not torch.equal(cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=0))
-    assert cgan.class_index(G.classes, "blonde") == cgan.class_index(G.classes, str(blonde)) == blonde
-    r = run_cli("cgan.py", "--sample", str(tmp_path / "ckpt.pt"), "--n", "4", "--class", "blonde", "--device", "cpu")
+    assert (
+        cgan.class_index(G.classes, "blonde") == cgan.class_index(G.classes, str(blonde)) == blonde
+    )
+    r = run_cli(
+        "cgan.py",
+        "--sample",
+        str(tmp_path / "ckpt.pt"),
+        "--n",
+        "4",
+        "--class",
+        "blonde",
+        "--device",
+        "cpu",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip().endswith("samples_seed0_blonde.png")
-    r = run_cli("cgan.py", "--sample", str(tmp_path / "ckpt.pt"), "--class", "purple", "--device", "cpu")
+    r = run_cli(
+        "cgan.py", "--sample", str(tmp_path / "ckpt.pt"), "--class", "purple", "--device", "cpu"
+    )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("cgan: error: unknown class 'purple'") and "1 blonde" in r.stderr
 
@@ -1286,6 +1775,7 @@ def test_cgan_sampling_by_class_name_or_index(tmp_path):
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_cgan_single_class_data_trains_unconditionally(tmp_path, capsys):
     import cgan
+
     images, _, _ = common.make_toy(32, n=16)
     os.makedirs(tmp_path / "flat")
     for i, im in enumerate(images):
@@ -1329,12 +1819,45 @@ def test_cgan_ddp_ranks_agree_on_the_extra_g_step(tmp_path):
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    argv = [sys.executable, "cgan.py", "--data", "toy", "--res", "32", "--batch", "8", "--steps", "6", "--out",
-            str(tmp_path), "--device", "cpu", "--log-every", "1", "--g-extra-threshold", "0.85", *TINY["cgan"]]
-    ranks = [subprocess.Popen(argv, cwd=HERE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
-                              env=dict(ENV, RANK=str(r), LOCAL_RANK=str(r), WORLD_SIZE="2",
-                                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port)))
-             for r in range(2)]
+    argv = [
+        sys.executable,
+        "cgan.py",
+        "--data",
+        "toy",
+        "--res",
+        "32",
+        "--batch",
+        "8",
+        "--steps",
+        "6",
+        "--out",
+        str(tmp_path),
+        "--device",
+        "cpu",
+        "--log-every",
+        "1",
+        "--g-extra-threshold",
+        "0.85",
+        *TINY["cgan"],
+    ]
+    ranks = [
+        subprocess.Popen(
+            argv,
+            cwd=HERE,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(
+                ENV,
+                RANK=str(r),
+                LOCAL_RANK=str(r),
+                WORLD_SIZE="2",
+                MASTER_ADDR="127.0.0.1",
+                MASTER_PORT=str(port),
+            ),
+        )
+        for r in range(2)
+    ]
     try:
         errs = [p.communicate(timeout=120)[1] for p in ranks]
     except subprocess.TimeoutExpired:
@@ -1348,6 +1871,7 @@ def test_cgan_ddp_ranks_agree_on_the_extra_g_step(tmp_path):
 
 
 # --- WGAN / WGAN-GP as the papers describe them -------------------------------------------------
+
 
 class LinearCritic(torch.nn.Module):
     """f(x) = <w, x> per sample: its gradient with respect to every x is w."""
@@ -1363,6 +1887,7 @@ class LinearCritic(torch.nn.Module):
 @pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
 def test_wgan_penalty_of_a_linear_critic_is_the_squared_gap_of_its_norm_to_one():
     import wgan
+
     torch.manual_seed(0)
     x_real, x_fake = torch.randn(5, 4, 4, 4), torch.randn(5, 4, 4, 4)
     signs = torch.randint(0, 2, (4, 4, 4)).float() * 2 - 1
@@ -1389,12 +1914,15 @@ def test_wgan_penalty_norm_is_per_sample_over_chw():
     x[1] *= 1 / math.sqrt(3 * 8 * 8)  # 1 -> 0
     # x_real == x_fake: every interpolate is x itself, whatever eps is drawn
     gp = wgan.gradient_penalty(HalfSquare(), x, x.clone())
-    assert gp.item() == pytest.approx(2.0, rel=1e-5)  # per-channel norms give 0.36, a batch norm 4.68
+    assert gp.item() == pytest.approx(
+        2.0, rel=1e-5
+    )  # per-channel norms give 0.36, a batch norm 4.68
 
 
 @pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
 def test_wgan_penalty_is_fp32_inside_autocast():
     import wgan
+
     torch.manual_seed(0)
     D = wgan.Discriminator(32, 8)
     x_real, x_fake = torch.randn(4, 3, 32, 32), torch.randn(4, 3, 32, 32).bfloat16()
@@ -1409,16 +1937,20 @@ def test_wgan_penalty_is_fp32_inside_autocast():
 @pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
 def test_wgan_critic_has_no_batchnorm_and_scores_each_sample_alone():
     import wgan
+
     torch.manual_seed(0)
     D = wgan.Discriminator(32, 8).train()
     assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm) for m in D.modules())
     x = torch.randn(6, 3, 32, 32)
-    assert torch.allclose(D(x)[:2], D(x[:2]), atol=1e-6)  # batch statistics would couple the samples
+    assert torch.allclose(
+        D(x)[:2], D(x[:2]), atol=1e-6
+    )  # batch statistics would couple the samples
 
 
 @pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
 def test_wgan_losses_on_known_scores():
     import wgan
+
     real, fake = torch.tensor([3.0, 1.0]), torch.tensor([0.0, -2.0])
     assert wgan.loss_d(real, fake).item() == -3.0  # -(E[f(x)] - E[f(G(z))])
     assert wgan.loss_g(fake).item() == 1.0
@@ -1427,6 +1959,7 @@ def test_wgan_losses_on_known_scores():
 @pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
 def test_wgan_gp_run_uses_the_papers_optimizer_n_critic_and_logs(tmp_path):
     import wgan
+
     _, args = tiny_args("wgan", tmp_path, steps=2)
     wgan.train(args)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
@@ -1441,13 +1974,16 @@ def test_wgan_gp_run_uses_the_papers_optimizer_n_critic_and_logs(tmp_path):
 @pytest.mark.skipif("wgan" not in MODELS, reason="wgan.py absent")
 def test_wgan_clipping_keeps_every_critic_weight_within_the_bound(tmp_path):
     import wgan
+
     D = wgan.Discriminator(32, 8)
     assert D.net[3].weight.max() == 1.0  # LayerNorm gains start outside the bound
     _, args = tiny_args("wgan", tmp_path, "--constraint", "clip", steps=1)
     wgan.train(args)
     ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     bound = max(v.abs().max().item() for v in ckpt["D"].values())
-    assert bound <= 0.01 and bound == pytest.approx(0.01)  # within the bound, and the gains sit on it
+    assert bound <= 0.01 and bound == pytest.approx(
+        0.01
+    )  # within the bound, and the gains sit on it
     group = ckpt["opt_D"]["param_groups"][0]
     assert group["lr"] == 5e-5 and "alpha" in group  # RMSprop
     assert "gp" not in json.loads(open(tmp_path / "log.jsonl").readline())
@@ -1461,6 +1997,7 @@ needs_sg2 = pytest.mark.skipif("stylegan2_ada" not in MODELS, reason="stylegan2_
 @needs_sg2
 def test_stylegan2_demodulated_conv_keeps_unit_variance():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     layer = sg.SynthesisLayer(64, 64, w_dim=8, res=16, act=False, noise=False)
     x = torch.randn(64, 64, 16, 16)
@@ -1472,13 +2009,16 @@ def test_stylegan2_demodulated_conv_keeps_unit_variance():
         undemod.s_gain = 1.0  # the same modulated weights, without eq. 3
         raw = undemod(x, w)[:, :, 1:-1, 1:-1]
     assert out.std().item() == pytest.approx(1.0, abs=0.03)
-    assert out.std(dim=(0, 2, 3)).sub(1).abs().max() < 0.1  # every output channel, not just on average
+    assert (
+        out.std(dim=(0, 2, 3)).sub(1).abs().max() < 0.1
+    )  # every output channel, not just on average
     assert raw.std().item() > 3  # without demodulation the variance is far from 1
 
 
 @needs_sg2
 def test_stylegan2_r1_matches_a_hand_computation():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     a = torch.randn(1, 3, 4, 4)
     D = lambda x, y: (x * a).sum([1, 2, 3]) + 0.5 * x.square().sum([1, 2, 3])  # noqa: E731  grad = a + x
@@ -1486,19 +2026,29 @@ def test_stylegan2_r1_matches_a_hand_computation():
     penalty, logits = sg.r1_penalty(D, x, None)
     assert torch.allclose(penalty, (a + x).square().sum([1, 2, 3]), rtol=1e-5)  # summed over C*H*W
     assert torch.allclose(logits, D(x, None))
-    penalty, _ = sg.r1_penalty(D, x, None, augment=lambda v: 2 * v)  # through the augmentation: d/dx D(2x)
+    penalty, _ = sg.r1_penalty(
+        D, x, None, augment=lambda v: 2 * v
+    )  # through the augmentation: d/dx D(2x)
     assert torch.allclose(penalty, (2 * (a + 2 * x)).square().sum([1, 2, 3]), rtol=1e-5)
     penalty.sum().backward()  # double backward works (R1 is trained through)
     tiny = sg.Discriminator(32, classes=3, cbase=64, cmax=8, map_layers=1)
-    p, _ = sg.r1_penalty(tiny, torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 0]),
-                         augment=lambda v: sg.augment(v, torch.tensor(1.0)))
+    p, _ = sg.r1_penalty(
+        tiny,
+        torch.randn(4, 3, 32, 32),
+        torch.tensor([0, 1, 2, 0]),
+        augment=lambda v: sg.augment(v, torch.tensor(1.0)),
+    )
     p.mean().backward()
-    assert tiny.blocks[0].fromrgb.weight.grad.abs().sum() > 0 and tiny.mapping.embed.weight.grad.abs().sum() > 0
+    assert (
+        tiny.blocks[0].fromrgb.weight.grad.abs().sum() > 0
+        and tiny.mapping.embed.weight.grad.abs().sum() > 0
+    )
 
 
 @needs_sg2
 def test_stylegan2_path_length_penalty_is_zero_at_the_running_mean():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     A = torch.randn(12, 12)
     ws = torch.randn(1, 2, 6, requires_grad=True)
@@ -1509,9 +2059,13 @@ def test_stylegan2_path_length_penalty_is_zero_at_the_running_mean():
     length = grad.square().sum(2).mean(1).sqrt()
     torch.manual_seed(1)
     penalty, pl_mean = sg.path_length_penalty(img, ws, length[0].clone())
-    assert penalty.item() == pytest.approx(0.0, abs=1e-10) and pl_mean.item() == pytest.approx(length.item(), rel=1e-6)
+    assert penalty.item() == pytest.approx(0.0, abs=1e-10) and pl_mean.item() == pytest.approx(
+        length.item(), rel=1e-6
+    )
     torch.manual_seed(1)
-    penalty, pl_mean = sg.path_length_penalty(img, ws, 2 * length[0])  # mean moves 1% of the way (decay 0.01)
+    penalty, pl_mean = sg.path_length_penalty(
+        img, ws, 2 * length[0]
+    )  # mean moves 1% of the way (decay 0.01)
     assert pl_mean.item() == pytest.approx(1.99 * length.item(), rel=1e-6)
     assert penalty.item() == pytest.approx((0.99 * length.item()) ** 2, rel=1e-5)
 
@@ -1519,6 +2073,7 @@ def test_stylegan2_path_length_penalty_is_zero_at_the_running_mean():
 @needs_sg2
 def test_stylegan2_augment_identity_at_p0_and_changes_at_p1():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     x = torch.rand(16, 3, 32, 32) * 2 - 1
     assert torch.equal(sg.augment(x, torch.tensor(0.0)), x)
@@ -1526,43 +2081,59 @@ def test_stylegan2_augment_identity_at_p0_and_changes_at_p1():
     assert y.shape == x.shape and y.isfinite().all()
     assert ((y - x).abs().amax((1, 2, 3)) > 0.1).all()  # every image changes
     x.requires_grad_(True)  # differentiable, for the G step
-    g, = torch.autograd.grad(sg.augment(x, torch.tensor(1.0)).square().sum(), x)
+    (g,) = torch.autograd.grad(sg.augment(x, torch.tensor(1.0)).square().sum(), x)
     assert g.abs().sum() > 0
     x = torch.rand(1000, 3, 8, 8)
     untouched = (sg.augment(x, torch.tensor(0.2)) == x).flatten(1).all(1).float().mean().item()
-    assert 0.04 < untouched < 0.1  # each of the 12 transforms with p 0.2: (1 - 0.2)^12 = 6.9% get none
+    assert (
+        0.04 < untouched < 0.1
+    )  # each of the 12 transforms with p 0.2: (1 - 0.2)^12 = 6.9% get none
 
 
 @needs_sg2
 def test_stylegan2_ada_p_moves_toward_target_at_the_stated_speed():
     import stylegan2_ada as sg
+
     step = 32 * 4 / 500_000  # batch 32, update every 4 steps, 0 -> 1 in 500 kimg
     p = torch.tensor(0.5)
     assert sg.ada_update(p, torch.tensor(0.7), 32 * 4).item() == pytest.approx(0.5 + step, abs=1e-7)
     assert sg.ada_update(p, torch.tensor(0.3), 32 * 4).item() == pytest.approx(0.5 - step, abs=1e-7)
-    assert sg.ada_update(torch.tensor(0.0), torch.tensor(-1.0), 128).item() == 0.0  # clamped to [0, 1]
+    assert (
+        sg.ada_update(torch.tensor(0.0), torch.tensor(-1.0), 128).item() == 0.0
+    )  # clamped to [0, 1]
     assert sg.ada_update(torch.tensor(1.0), torch.tensor(1.0), 128).item() == 1.0
     p = torch.tensor(0.0, dtype=torch.float64)
     for _ in range(math.ceil(500_000 / 128)):
         p = sg.ada_update(p, torch.tensor(1.0), 128)
-    assert p.item() == 1.0 and sg.ada_update(torch.tensor(0.0), torch.tensor(1.0), 128 * 3906).item() < 1.0
+    assert (
+        p.item() == 1.0
+        and sg.ada_update(torch.tensor(0.0), torch.tensor(1.0), 128 * 3906).item() < 1.0
+    )
 
 
 @needs_sg2
 def test_stylegan2_fir_filters_preserve_a_constant_image():
     import stylegan2_ada as sg
+
     x = torch.full((2, 3, 16, 16), 0.7)
     for f in (torch.tensor(sg.FIR), torch.tensor(sg.SYM6)):
         up, down = sg.upsample2d(x, f), sg.downsample2d(x, f)
         assert up.shape[-1] == 32 and down.shape[-1] == 8
-        assert torch.allclose(up[..., 8:-8, 8:-8], x[..., :1, :1].expand_as(up[..., 8:-8, 8:-8]), atol=1e-5)
-        assert torch.allclose(down[..., 3:-3, 3:-3], torch.full_like(down[..., 3:-3, 3:-3], 0.7), atol=1e-5)
-    assert not torch.allclose(sg.upsample2d(x, torch.tensor(sg.FIR))[..., 0, 0], torch.tensor(0.7))  # borders differ
+        assert torch.allclose(
+            up[..., 8:-8, 8:-8], x[..., :1, :1].expand_as(up[..., 8:-8, 8:-8]), atol=1e-5
+        )
+        assert torch.allclose(
+            down[..., 3:-3, 3:-3], torch.full_like(down[..., 3:-3, 3:-3], 0.7), atol=1e-5
+        )
+    assert not torch.allclose(
+        sg.upsample2d(x, torch.tensor(sg.FIR))[..., 0, 0], torch.tensor(0.7)
+    )  # borders differ
 
 
 @needs_sg2
 def test_stylegan2_w_avg_moves_toward_the_batch_mean():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     G = sg.Generator(32, z_dim=8, w_dim=8, classes=0, cbase=64, cmax=8, map_layers=2)
     z = torch.randn(16, 8)
@@ -1576,7 +2147,9 @@ def test_stylegan2_w_avg_moves_toward_the_batch_mean():
     assert torch.allclose(ws, G.mapping.w_avg.expand_as(ws))
     ws = G.mapping(z, psi=0.5, cutoff=2)  # the cutoff leaves later styles alone
     assert torch.allclose(ws[:, 2:], w[:, None].expand_as(ws[:, 2:]), atol=1e-6)
-    assert torch.allclose(ws[:, :2], (G.mapping.w_avg + 0.5 * (w - G.mapping.w_avg))[:, None].expand_as(ws[:, :2]))
+    assert torch.allclose(
+        ws[:, :2], (G.mapping.w_avg + 0.5 * (w - G.mapping.w_avg))[:, None].expand_as(ws[:, :2])
+    )
 
 
 @needs_sg2
@@ -1588,7 +2161,9 @@ def test_stylegan2_resume_restores_p_and_path_length_mean(tmp_path):
     ckpt["ada_p"].fill_(0.25)
     ckpt["pl_mean"].fill_(0.5)
     torch.save(ckpt, tmp_path / "ckpt.pt")
-    mod, args = tiny_args("stylegan2_ada", tmp_path, "--resume", steps=3)  # no p update or pl step at step 3
+    mod, args = tiny_args(
+        "stylegan2_ada", tmp_path, "--resume", steps=3
+    )  # no p update or pl step at step 3
     mod.train(args)
     after = torch.load(tmp_path / "ckpt.pt", weights_only=True)
     assert after["step"] == 3 and after["ada_p"].item() == 0.25 and after["pl_mean"].item() == 0.5
@@ -1598,6 +2173,7 @@ def test_stylegan2_resume_restores_p_and_path_length_mean(tmp_path):
 @needs_sg2
 def test_stylegan2_augment_is_fp32_inside_autocast():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     x = torch.rand(8, 3, 64, 64) * 2 - 1
     torch.manual_seed(1)
@@ -1616,6 +2192,7 @@ def test_stylegan2_augment_is_fp32_inside_autocast():
 @needs_sg2
 def test_stylegan2_rgb_skip_image_is_summed_in_fp32_under_autocast():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     G = sg.Generator(32, z_dim=32, w_dim=32, cbase=256, cmax=16, map_layers=2).eval()
     seen = []
@@ -1637,6 +2214,7 @@ def test_stylegan2_rgb_skip_image_is_summed_in_fp32_under_autocast():
 @needs_sg2
 def test_stylegan2_fp16_modulated_conv_is_prenormalised_against_overflow():
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     layer = sg.SynthesisLayer(64, 64, w_dim=8, res=8, noise=False).eval()
     layer.affine.bias.data.fill_(1000.0)  # styles ~1000 on inputs ~100: x * s alone is > 65504
@@ -1656,6 +2234,7 @@ def test_stylegan2_fp16_modulated_conv_is_prenormalised_against_overflow():
 @pytest.mark.parametrize("dtype, tol", [(torch.bfloat16, 0.03), (torch.float16, 0.005)])
 def test_stylegan2_autocast_forward_of_g_and_d_matches_fp32(dtype, tol):
     import stylegan2_ada as sg
+
     torch.manual_seed(0)
     G = sg.Generator(32, z_dim=32, w_dim=32, classes=3, cbase=256, cmax=16, map_layers=2).eval()
     D = sg.Discriminator(32, classes=3, cbase=256, cmax=16, map_layers=2).eval()
@@ -1684,14 +2263,22 @@ def test_biggan_ortho_penalty_is_zero_for_orthogonal_filters_and_positive_otherw
 
     for shape in [(16, 16), (8, 32), (16, 3, 3, 3)]:  # square, wide, conv (16 filters of 27 inputs)
         q = torch.nn.init.orthogonal_(torch.empty(shape[0], int(torch.tensor(shape[1:]).prod())))
-        scaled = q * torch.linspace(0.5, 3, shape[0])[:, None]  # filter norms are left free (sec. 3.1)
-        assert biggan.ortho_penalty(OneWeight(scaled.view(shape)), 1.0).item() == pytest.approx(0, abs=1e-4)
+        scaled = (
+            q * torch.linspace(0.5, 3, shape[0])[:, None]
+        )  # filter norms are left free (sec. 3.1)
+        assert biggan.ortho_penalty(OneWeight(scaled.view(shape)), 1.0).item() == pytest.approx(
+            0, abs=1e-4
+        )
     w = torch.randn(16, 24)
     expected = ((w @ w.t()) * (1 - torch.eye(16))).square().sum()  # the paper's form, written out
-    assert biggan.ortho_penalty(OneWeight(w), 1e-4).item() == pytest.approx(1e-4 * expected.item(), rel=1e-4)
+    assert biggan.ortho_penalty(OneWeight(w), 1e-4).item() == pytest.approx(
+        1e-4 * expected.item(), rel=1e-4
+    )
     tall = torch.randn(300, 7)  # the input layer's shape: the cheap Gram form must still be exact
     expected = ((tall @ tall.t()) * (1 - torch.eye(300))).square().sum()
-    assert biggan.ortho_penalty(OneWeight(tall), 1.0).item() == pytest.approx(expected.item(), rel=1e-4)
+    assert biggan.ortho_penalty(OneWeight(tall), 1.0).item() == pytest.approx(
+        expected.item(), rel=1e-4
+    )
     G = biggan.Generator(32, 120, 4, n_classes=3)
     G.shared.weight.data.normal_()  # the shared embedding is exempt, as in the author's code
     before = biggan.ortho_penalty(G, 1.0).item()
@@ -1701,6 +2288,7 @@ def test_biggan_ortho_penalty_is_zero_for_orthogonal_filters_and_positive_otherw
 
 def test_biggan_two_classes_give_different_conditional_bn_gains_for_the_same_z():
     import biggan
+
     torch.manual_seed(0)
     G = biggan.Generator(32, 120, 4, n_classes=2)
     G.apply(biggan.init_weights)
@@ -1719,13 +2307,16 @@ def test_biggan_two_classes_give_different_conditional_bn_gains_for_the_same_z()
 
 def test_biggan_projection_term_changes_d_output_with_the_label():
     import biggan
+
     torch.manual_seed(0)
     D = biggan.Discriminator(32, 4, n_classes=3).eval()
     D.apply(biggan.init_weights)
     x = torch.randn(1, 3, 32, 32).expand(3, 3, 32, 32)
     logits = D(x, torch.tensor([0, 1, 2]))
     assert (logits - logits[0]).abs().max() > 1e-3
-    D.embed.weight.data.copy_(D.embed.weight.data[:1].expand(3, -1))  # one embedding for all labels:
+    D.embed.weight.data.copy_(
+        D.embed.weight.data[:1].expand(3, -1)
+    )  # one embedding for all labels:
     # the projection term no longer depends on y, so neither may the output
     logits = D(x, torch.tensor([0, 1, 2]))
     assert (logits - logits[0]).abs().max() < 1e-6
@@ -1733,6 +2324,7 @@ def test_biggan_projection_term_changes_d_output_with_the_label():
 
 def test_biggan_truncation_keeps_every_z_entry_within_bounds():
     import biggan
+
     for t in (0.1, 0.5, 1.0, 2.0):
         z = biggan.sample_z(500, 120, torch.Generator().manual_seed(1), truncation=t)
         assert z.abs().max() <= t and z.std() > 0.4 * min(t, 1)
@@ -1748,6 +2340,7 @@ def test_biggan_truncation_keeps_every_z_entry_within_bounds():
 
 def test_biggan_hierarchical_z_chunks_sum_to_z_dim():
     import biggan
+
     for res, n_blocks in [(32, 3), (64, 4), (128, 5)]:
         for z_dim in (120, 128, 100, 7):
             G = biggan.Generator(res, z_dim, 2, n_classes=2)
@@ -1761,6 +2354,7 @@ def test_biggan_hierarchical_z_chunks_sum_to_z_dim():
 
 def test_biggan_spectral_norm_gives_sigma_near_one_and_u_is_a_buffer():
     import biggan
+
     torch.manual_seed(0)
     conv = biggan.SNConv2d(8, 16, 3, padding=1)
     conv.weight.data.mul_(5)
@@ -1776,8 +2370,12 @@ def test_biggan_spectral_norm_gives_sigma_near_one_and_u_is_a_buffer():
 
 def test_biggan_attention_at_the_papers_scale_with_gamma_zero():
     import biggan
+
     for res, attn in [(64, 32), (128, 64)]:
-        G, D = biggan.Generator(res, 120, 1, attn_res=attn), biggan.Discriminator(res, 1, attn_res=attn)
+        G, D = (
+            biggan.Generator(res, 120, 1, attn_res=attn),
+            biggan.Discriminator(res, 1, attn_res=attn),
+        )
         assert G.attn.gamma.item() == 0 and D.attn.gamma.item() == 0
         seen = {}
         G.attn.register_forward_hook(lambda m, i, o: seen.update(G=o.shape[-1]))
@@ -1788,12 +2386,32 @@ def test_biggan_attention_at_the_papers_scale_with_gamma_zero():
 
 
 def test_biggan_single_class_data_trains_with_one_embedding(tmp_path, capsys):
-    import biggan
     from PIL import Image
+
+    import biggan
+
     for i in range(16):
         Image.new("RGB", (32, 32), (i * 15, 100, 200)).save(tmp_path / f"{i}.png")
-    args = biggan.get_args(["--data", str(tmp_path), "--res", "32", "--batch", "4", "--steps", "1",
-                            "--out", str(tmp_path / "run"), "--device", "cpu", "--g-ch", "4", "--d-ch", "4"])
+    args = biggan.get_args(
+        [
+            "--data",
+            str(tmp_path),
+            "--res",
+            "32",
+            "--batch",
+            "4",
+            "--steps",
+            "1",
+            "--out",
+            str(tmp_path / "run"),
+            "--device",
+            "cpu",
+            "--g-ch",
+            "4",
+            "--d-ch",
+            "4",
+        ]
+    )
     G_ema = biggan.train(args)
     assert "one class: G and D train with a single class embedding" in capsys.readouterr().out
     assert G_ema.shared.weight.shape[0] == 1
@@ -1803,9 +2421,11 @@ def test_biggan_single_class_data_trains_with_one_embedding(tmp_path, capsys):
 
 # --- SNGAN as the paper describes it ------------------------------------------------------------
 
+
 def converged_sn_conv(iters=300, seed=0):
     """An SNConv2d (32 out, 16*3*3 in) after `iters` training-mode power iterations."""
     import sngan
+
     torch.manual_seed(seed)
     layer = sngan.SNConv2d(16, 32, 3, padding=1)
     with torch.no_grad():
@@ -1817,6 +2437,7 @@ def converged_sn_conv(iters=300, seed=0):
 @pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
 def test_sngan_power_iteration_finds_the_spectral_norm():
     import sngan
+
     layer = converged_sn_conv(iters=0)
     W = layer.weight.detach().reshape(32, -1)
     true_sigma = torch.linalg.matrix_norm(W, 2).item()
@@ -1828,13 +2449,16 @@ def test_sngan_power_iteration_finds_the_spectral_norm():
     assert first < last <= true_sigma * (1 + 1e-5)  # power iteration approaches sigma from below
     u = layer.u.clone()
     layer.eval()
-    assert estimate() == pytest.approx(last, rel=1e-6) and torch.equal(layer.u, u)  # eval: no iteration
+    assert estimate() == pytest.approx(last, rel=1e-6) and torch.equal(
+        layer.u, u
+    )  # eval: no iteration
     assert "u" in layer.state_dict() and "gamma" in dict(layer.named_parameters())
 
 
 @pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
 def test_sngan_normalised_weight_has_spectral_norm_gamma():
     import sngan
+
     layer = converged_sn_conv()
     for gamma in (1.0, 2.5):
         layer.gamma.data.fill_(gamma)
@@ -1842,12 +2466,14 @@ def test_sngan_normalised_weight_has_spectral_norm_gamma():
         assert torch.linalg.matrix_norm(W_sn, 2).item() == pytest.approx(gamma, rel=0.01)
     D = sngan.Discriminator(32, 8)
     sn_layers = [m for m in D.modules() if isinstance(m, (sngan.SNConv2d, sngan.SNLinear))]
-    assert len(sn_layers) == len([m for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))])
+    assert len(sn_layers) == len(
+        [m for m in D.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    )
 
 
 @pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
 def test_sngan_gradient_reaches_gamma_and_flows_through_sigma():
-    import sngan
+
     layer = converged_sn_conv(iters=20)
     layer.gamma.data.fill_(1.7)
     x = torch.randn(4, 16, 8, 8)
@@ -1864,16 +2490,20 @@ def test_sngan_two_forwards_before_backward():
     """D sees real, then fake images before one backward; each forward updates u in place (and
     DDP broadcasts buffers in place), which must not invalidate the earlier forward's graph."""
     import sngan
+
     D = sngan.Discriminator(32, 8)
     u0 = D.blocks[1].conv1.u.clone()
     loss = sngan.hinge_loss_d(D(torch.randn(2, 3, 32, 32)), D(torch.randn(2, 3, 32, 32)))
     loss.backward()
-    assert not torch.equal(D.blocks[1].conv1.u, u0) and all(p.grad is not None for p in D.parameters())
+    assert not torch.equal(D.blocks[1].conv1.u, u0) and all(
+        p.grad is not None for p in D.parameters()
+    )
 
 
 @pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
 def test_sngan_hinge_loss_on_known_logits():
     import sngan
+
     real = torch.tensor([2.0, 0.5, -1.0], requires_grad=True)
     fake = torch.tensor([-2.0, 0.0, 1.5], requires_grad=True)
     loss_D = sngan.hinge_loss_d(real, fake)
@@ -1887,11 +2517,17 @@ def test_sngan_hinge_loss_on_known_logits():
 @pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
 def test_sngan_architecture_follows_the_issue():
     import sngan
+
     G, D = sngan.Generator(64, 128, 8), sngan.Discriminator(64, 8)
     convs = [m for m in G.modules() if isinstance(m, torch.nn.Conv2d)]
-    assert convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 3  # 1x1 conv before the output
+    assert (
+        convs[-1].kernel_size == (1, 1) and convs[-1].out_channels == 3
+    )  # 1x1 conv before the output
     assert isinstance(G.out[-1], torch.nn.Tanh) and not any(hasattr(m, "u") for m in G.modules())
-    assert not any(isinstance(m, (torch.nn.AvgPool2d, torch.nn.MaxPool2d, torch.nn.BatchNorm2d)) for m in D.modules())
+    assert not any(
+        isinstance(m, (torch.nn.AvgPool2d, torch.nn.MaxPool2d, torch.nn.BatchNorm2d))
+        for m in D.modules()
+    )
     strided = [m for m in D.modules() if isinstance(m, torch.nn.Conv2d) and m.stride == (2, 2)]
     assert len(strided) == 2 * 4  # 64 -> 4: four stride-2 residual branches and shortcuts
     args = sngan.get_args([])
@@ -1905,7 +2541,11 @@ def test_sngan_sampling_gifs(tmp_path, capsys):
     counts = {}
     for flag in ("--walk", "--interp", "--truncation-sweep"):
         capsys.readouterr()
-        mod.sample(mod.get_args(["--sample", str(tmp_path / "ckpt.pt"), "--n", "4", "--device", "cpu", flag]))
+        mod.sample(
+            mod.get_args(
+                ["--sample", str(tmp_path / "ckpt.pt"), "--n", "4", "--device", "cpu", flag]
+            )
+        )
         path = capsys.readouterr().out.strip().splitlines()[-1]
         counts[flag] = Image.open(path).n_frames
     assert counts == {"--walk": 64, "--interp": 64, "--truncation-sweep": 62}
@@ -1915,11 +2555,14 @@ def test_sngan_sampling_gifs(tmp_path, capsys):
 
 # --- common.py: reading images ------------------------------------------------------------------
 
+
 def test_folder_of_odd_images_is_converted_cropped_and_counted(tmp_path, capsys):
     d = tmp_path / "odd"
     for i, mode in enumerate(["L", "RGBA", "P", "I;16", "CMYK", "LA", "1", "RGB"]):
         save_image(str(d / f"img{i}.png" if mode != "CMYK" else d / f"img{i}.jpg"), mode)
-    save_image(str(d / "sub" / "deep.JPEG"), "RGB", color=(10, 20, 30))  # recursive, any-case extension
+    save_image(
+        str(d / "sub" / "deep.JPEG"), "RGB", color=(10, 20, 30)
+    )  # recursive, any-case extension
     (d / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     (d / "notes.png").write_text("not an image")
     (d / "readme.txt").write_text("ignored: not an image extension")
@@ -1952,7 +2595,9 @@ def test_subfolders_are_classes_and_zip_input_matches(tmp_path):
     assert data.classes == ["blue", "green", "red"]  # sorted, ImageFolder convention
     for x, y in zip(data.images, data.labels):
         assert tuple(x[0, 0]) == colors[data.classes[y]]
-    with zipfile.ZipFile(tmp_path / "faces.zip", "w") as zf:  # with a wrapper folder, as zips often have
+    with zipfile.ZipFile(
+        tmp_path / "faces.zip", "w"
+    ) as zf:  # with a wrapper folder, as zips often have
         for name in colors:
             for i in range(3):
                 zf.write(tmp_path / "faces" / name / f"{i}.png", f"faces/{name}/{i}.png")
@@ -1995,18 +2640,28 @@ def test_toy_set_is_deterministic_with_hair_colour_classes():
     assert a.std() > 30  # drawn faces, not a flat colour
 
 
-@pytest.mark.skipif(not os.path.isdir(os.path.join(SHARED, "data", "anime_hair")),
-                    reason="../shared/data/anime_hair is absent (only on the project's machines)")
+@pytest.mark.skipif(
+    not os.path.isdir(os.path.join(SHARED, "data", "anime_hair")),
+    reason="../shared/data/anime_hair is absent (only on the project's machines)",
+)
 def test_real_labelled_folder_gives_twelve_hair_classes():
     data = common.load_images(os.path.join(SHARED, "data", "anime_hair"), 16, verbose=False)
-    assert len(data.classes) == 12 and data.classes == sorted(data.classes) and "blonde" in data.classes
+    assert (
+        len(data.classes) == 12
+        and data.classes == sorted(data.classes)
+        and "blonde" in data.classes
+    )
     assert len(data.labels) > 11000 and np.bincount(data.labels).min() >= 200
 
 
 # --- common.py: batches -------------------------------------------------------------------------
 
+
 def fake_set(n=10, res=4):
-    images = np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(res, 1).repeat(res, 2).repeat(3, 3) * 20
+    images = (
+        np.arange(n, dtype=np.uint8)[:, None, None, None].repeat(res, 1).repeat(res, 2).repeat(3, 3)
+        * 20
+    )
     images[:, :, 0] = 255  # a marker column to see flips
     return common.ImageSet(images, np.arange(n) % 3, ["a", "b", "c"])
 
@@ -2017,8 +2672,11 @@ def test_batches_range_determinism_and_epochs():
     assert x.shape == (4, 3, 4, 4) and x.dtype == torch.float32 and y.dtype == torch.int64
     assert x.min() >= -1 and x.max() <= 1 and (x == 1).any()
     ids = lambda b: [int(round((v.item() + 1) * 127.5 / 20)) for v in b[0][:, 0, 1, 1]]  # noqa: E731
-    a, b, c = common.Batches(data, 5, "cpu", seed=0), common.Batches(data, 5, "cpu", seed=0), common.Batches(
-        data, 5, "cpu", seed=1)
+    a, b, c = (
+        common.Batches(data, 5, "cpu", seed=0),
+        common.Batches(data, 5, "cpu", seed=0),
+        common.Batches(data, 5, "cpu", seed=1),
+    )
     first = [ids(next(a)) for _ in range(4)]
     assert first == [ids(next(b)) for _ in range(4)]
     assert first != [ids(next(c)) for _ in range(4)]
@@ -2027,7 +2685,9 @@ def test_batches_range_determinism_and_epochs():
 
 def test_batches_flip_and_no_flip():
     data = fake_set()
-    flipped = [next(common.Batches(data, 10, "cpu", seed=s))[0][:, 0, 0, -1].eq(1).sum() for s in range(4)]
+    flipped = [
+        next(common.Batches(data, 10, "cpu", seed=s))[0][:, 0, 0, -1].eq(1).sum() for s in range(4)
+    ]
     assert 0 < sum(flipped) < 40  # marker column moved to the right edge in some images, not all
     x, _ = next(common.Batches(data, 10, "cpu", seed=0, flip=False))
     assert (x[:, :, :, 0] == 1).all()
@@ -2035,8 +2695,10 @@ def test_batches_flip_and_no_flip():
 
 def test_batches_ddp_shards_are_disjoint_and_resume_exactly():
     data = fake_set(12)
-    r0, r1 = common.Batches(data, 3, "cpu", seed=0, rank=0, world=2), common.Batches(data, 3, "cpu", seed=0,
-                                                                                    rank=1, world=2)
+    r0, r1 = (
+        common.Batches(data, 3, "cpu", seed=0, rank=0, world=2),
+        common.Batches(data, 3, "cpu", seed=0, rank=1, world=2),
+    )
     ids = lambda b: {int(round((v.item() + 1) * 127.5 / 20)) for v in b[0][:, 0, 1, 1]}  # noqa: E731
     s0, s1 = ids(next(r0)) | ids(next(r0)), ids(next(r1)) | ids(next(r1))
     assert not s0 & s1 and len(s0 | s1) == 12
@@ -2056,26 +2718,37 @@ def test_batches_hold_the_source_pixels_mirrored_or_not():
     data = common.ImageSet(images, np.arange(6), list("abcdef"))
     x, y = next(common.Batches(data, 6, "cpu", seed=0))
     for xi, yi in zip(x, y):
-        src = torch.from_numpy(images[yi]).permute(2, 0, 1).float() / 127.5 - 1  # label = image index
+        src = (
+            torch.from_numpy(images[yi]).permute(2, 0, 1).float() / 127.5 - 1
+        )  # label = image index
         assert torch.allclose(xi, src, atol=1e-6) or torch.allclose(xi, src.flip(2), atol=1e-6)
 
 
 # --- common.py: pictures out --------------------------------------------------------------------
+
 
 def test_grid_gif_and_loss_plot(tmp_path):
     x = torch.linspace(-1, 1, 5 * 3 * 8 * 8).view(5, 3, 8, 8)
     im = common.make_grid(x, nrow=3)
     assert im.size == (3 * 10 + 2, 2 * 10 + 2)
     a = np.asarray(im)
-    assert a[2, 2, 0] == 0 and a[0, 0].tolist() == [255, 255, 255]  # -1 -> 0 in the first image; white padding
+    assert a[2, 2, 0] == 0 and a[0, 0].tolist() == [
+        255,
+        255,
+        255,
+    ]  # -1 -> 0 in the first image; white padding
     assert a[12 + 7, 12 + 7, 2] == 255  # +1 -> 255: the last image (row 1, column 1), last pixel
     common.save_gif([im, im.transpose(Image.FLIP_LEFT_RIGHT)], str(tmp_path / "a.gif"))
     assert Image.open(tmp_path / "a.gif").n_frames == 2
     with open(tmp_path / "log.jsonl", "w") as f:
         for s in range(1, 30):
-            f.write(json.dumps({"step": s, "loss_D": 1 / s, "loss_G": math.sin(s), "img_s": 9.0}) + "\n")
+            f.write(
+                json.dumps({"step": s, "loss_D": 1 / s, "loss_G": math.sin(s), "img_s": 9.0}) + "\n"
+            )
     common.plot_losses(str(tmp_path / "log.jsonl"), str(tmp_path / "loss.png"))
     arr = np.asarray(Image.open(tmp_path / "loss.png").convert("RGB"))
     assert arr.shape == (360, 720, 3)
-    assert (np.abs(arr.astype(int) - [31, 119, 180]).sum(-1) < 10).sum() > 100  # the loss_D curve is drawn
+    assert (
+        np.abs(arr.astype(int) - [31, 119, 180]).sum(-1) < 10
+    ).sum() > 100  # the loss_D curve is drawn
     assert (np.abs(arr.astype(int) - [214, 39, 40]).sum(-1) < 10).sum() > 100  # and loss_G
