@@ -565,9 +565,8 @@ def parse_args(parser, argv=None):
     command line (for --resume), whatever their value."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    unset = (
-        object()
-    )  # argparse leaves an attribute that the namespace already has unless it is typed
+    # argparse leaves an attribute that the namespace already has, unless it was typed
+    unset = object()
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
