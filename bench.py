@@ -161,34 +161,19 @@ def timing(records, batch):
     return 1000 * seconds / steps, steps * batch / seconds, steps
 
 
+def model_argv(model, args, out):
+    """`<model>.py` with the data, resolution, batch, device and run folder of this bench run;
+    no sample grids (they would be timed)."""
+    path = os.path.join(HERE, f"{model}.py")
+    sizes = ["--res", str(args.res), "--batch", str(args.batch), "--sample-every", NEVER]
+    return [path, "--data", args.data, *sizes, "--out", out, "--device", args.device]
+
+
 def bench_model(model, args, extra, out):
     """Train `model` for args.steps steps in a subprocess; returns a table row (dict)."""
-    cmd = [
-        sys.executable,
-        os.path.join(HERE, f"{model}.py"),
-        "--data",
-        args.data,
-        "--res",
-        str(args.res),
-        "--batch",
-        str(args.batch),
-        "--steps",
-        str(args.steps),
-        "--log-every",
-        str(args.log_every),
-        "--sample-every",
-        NEVER,
-        "--ckpt-every",
-        NEVER,
-        "--out",
-        out,
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        *(["--compile"] if args.compile else []),
-        *extra,
-    ]
+    cmd = [sys.executable, *model_argv(model, args, out), "--steps", str(args.steps)]
+    cmd += ["--log-every", str(args.log_every), "--ckpt-every", NEVER]
+    cmd += ["--precision", args.precision, *(["--compile"] if args.compile else []), *extra]
     print("$ " + " ".join(cmd), flush=True)
     r = subprocess.run(cmd, cwd=HERE, env=ENV, capture_output=True, text=True)
     row = {"model": model, "res": args.res, "batch": args.batch, "compile": args.compile}
@@ -439,31 +424,8 @@ def torchrun_and_resume(model, args, extra, out):
     """`model` under `torchrun --nproc_per_node=1` for --log-every steps, then a --resume of that
     run to twice as many; each passes when it exits 0 with its ckpt.pt at the step asked for."""
     k = args.log_every
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=1",
-        os.path.join(HERE, f"{model}.py"),
-        "--data",
-        args.data,
-        "--res",
-        str(args.res),
-        "--batch",
-        str(args.batch),
-        "--out",
-        out,
-        "--device",
-        args.device,
-        "--log-every",
-        str(k),
-        "--sample-every",
-        NEVER,
-        "--ckpt-every",
-        str(k),
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=1"]
+    cmd += model_argv(model, args, out) + ["--log-every", str(k), "--ckpt-every", str(k), *extra]
     checks = []
     for name, more, want in [
         (f"torchrun --nproc_per_node=1 {model}.py --steps {k}", ["--steps", str(k)], k),
