@@ -2,43 +2,47 @@
 Jeff Donahue, Karen Simonyan, 2018. arXiv:1809.11096.
 
 Paper -> code
-- SA-GAN baseline: ResNet blocks, self-attention, spectral norm in G and D (sec. 3)
-                                                    -> GBlock, DBlock, SelfAttention, SpectralNorm
-- class-conditional BatchNorm in G, its gains and biases a linear map of [shared class embedding,
-  chunk of z]; hierarchical latent: z split into one chunk for the input layer and one per block
+- the SA-GAN baseline: ResNet blocks, self-attention, spectral norm in G and D (sec. 3)
+                                             -> GBlock, DBlock, SelfAttention, SpectralNorm
+- class-conditional BatchNorm in G, its gains and biases linear in [shared class embedding,
+  z chunk]; hierarchical latent: one z chunk for the 4x4 input layer and one per block
   (sec. 3, "shared embedding", "hierarchical latent spaces"; appendix B)
-                                                    -> ConditionalBatchNorm2d, Generator, z_chunks
-- projection discriminator: D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018)
-                                                    -> Discriminator
-- hinge loss (sec. 3)                               -> hinge_loss_d, hinge_loss_g
-- orthogonal regularisation, off-diagonal form, beta 1e-4 (sec. 3.1)   -> ortho_penalty
-- truncation trick: z entries beyond |T| are resampled (sec. 3.1)      -> sample_z, truncation_frames
-- orthogonal init; Adam betas (0, 0.999); 2 D steps per G step; EMA of G, decay 0.9999
-  (sec. 3, appendix C)
-                                                    -> init_weights, train()
+                                             -> ConditionalBatchNorm2d, Generator, z_chunks
+- projection D: D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018; sec. 3)
+                                             -> Discriminator
+- hinge loss (sec. 3)                        -> hinge_loss_d, hinge_loss_g
+- orthogonal regularisation, off-diagonal form, beta 1e-4 (sec. 3.1, eq. 3)  -> ortho_penalty
+- truncation trick: z entries beyond |T| are redrawn (sec. 3.1, fig. 2a)
+                                             -> sample_z, truncation_frames
+- orthogonal init; Adam betas (0, 0.999); 2 D steps per G step; EMA of G's weights
+  (sec. 3, appendix C)                       -> init_weights, train
 
-Not from the paper
-- lr G 1e-4, D 4e-4, Adam eps 1e-6 and SN eps 1e-6: the author's PyTorch recipe (BigGAN-PyTorch,
-  launch_BigGAN_bs256x8.sh). The paper's 128 px run halved both (5e-5, 2e-4) at batch 2048; at our
-  batch 64 each step sees 32x fewer images, so the halved rates would only make a short run slower,
-  and the 4:1 D:G ratio the paper keeps is kept here.
-- the orthogonal penalty is added to loss_G as the paper writes it; the author's code adds
-  2*beta*(W W^T (1-I)) W straight to the gradient, which is the gradient of half the penalty.
-- sampling and G_ema use BatchNorm running statistics (no "standing statistics"); no cross-replica
-  BatchNorm; one D forward on [fake, real] per D step, as the author's code does.
-- EMA half-life --ema-kimg 444: the paper's decay 0.9999 per step, at batch 64; --ema-start 20000
-  is the author's code. bf16 autocast on CUDA, DDP, checkpoints: the skeleton shared by every file.
-- Widths: --g-ch 64 gives G 1024 channels at 4x4 and 8x8 (16*ch, the wide top the anime seed
-  preferred), halving to 128 at 64x64; --d-ch 64 gives D 64 channels at 64x64 up to 1024 at 4x4.
+Not from the paper: what changes results
+- lr G 1e-4, D 4e-4, Adam eps 1e-6, SN eps 1e-6: the author's PyTorch recipe (BigGAN-PyTorch,
+  launch_BigGAN_bs256x8.sh). The paper's 128x128 run halves both rates at batch 2048; at batch 64
+  each step sees 32x fewer images, so halved rates would only slow a short run. The 4:1 ratio of
+  D to G rate is the paper's.
+- Batch 64 (the paper: 2048). Widths: --g-ch 64 gives G 16*ch = 1024 channels at 4x4 and 8x8,
+  halving to 128 at 64x64; --d-ch 64 gives D 64 channels at 64x64 up to 1024 at 4x4.
+- The orthogonal penalty is added to loss_G as the paper writes it; the author's code adds
+  2*beta*(W W^T (1-I)) W to the gradient, which is the gradient of half the penalty.
+- Sampling and G_ema use BatchNorm running statistics (no "standing statistics"); no
+  cross-replica BatchNorm; one D forward on [real, fake] per D step, as the author's code does.
+- EMA half-life --ema-kimg 444: the paper's decay 0.9999 per step, at batch 64. G_ema is a copy
+  of G for the first --ema-start 20000 steps (the author's code), then averages.
+Not from the paper: engineering
+- bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
+- Spectral norm's power iteration and the orthogonal penalty run in fp32 under autocast.
 
 Usage
-    python biggan.py --data ../shared/data/anime_hair          # 12 hair colours, 64x64
-    python biggan.py --data ../shared/data/anime64             # unlabelled: one class embedding
-    python biggan.py --data toy --res 32 --steps 200 --batch 32 --g-ch 8 --d-ch 8   # CPU smoke run
-    python biggan.py --resume --steps 50000                    # continue out/biggan/ckpt.pt
+    python biggan.py                                  # built-in toy faces (hair colours), 64x64
+    python biggan.py --data ./faces                   # subfolders = classes; flat: one class
+    python biggan.py --res 32 --steps 200 --batch 32 --g-ch 8 --d-ch 8   # CPU smoke run
+    python biggan.py --resume --steps 60000           # continue out/biggan/ckpt.pt
     torchrun --nproc_per_node=4 biggan.py --data ./faces
     python biggan.py --sample out/biggan/ckpt.pt --n 144 --truncation 0.5 [--class blonde]
-    python biggan.py --sample out/biggan/ckpt.pt --n 36 --truncation-sweep  # GIF, T from 2 to 0.1
+    python biggan.py --sample out/biggan/ckpt.pt --n 36 --truncation-sweep   # T from 2 to 0.1
+    python biggan.py --sample out/biggan/ckpt.pt --n 16 --interp [--class 3]
 """
 
 import argparse
@@ -48,6 +52,7 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 
 import torch
@@ -56,25 +61,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (
-    Batches,
-    UserError,
-    load_images,
-    make_grid,
-    plot_losses,
-    save_gif,
-    save_grid,
-    save_progress_gif,
-)
+from common import Batches, UserError, load_images, make_grid, save_gif, save_grid, save_samples
 
 MODEL = "biggan"
 
 
 # --- model --------------------------------------------------------------------------------------
 
-# channel multipliers of ch per block: 128 and 256 as in appendix B (tables 4, 5); 64 and 32 (tests)
-# follow the same pattern. G blocks double the resolution from 4x4; D blocks halve it down to 4x4,
-# then one more block at 4x4
+# channel multipliers of ch per block: 128 and 256 as in appendix B (tables 4, 5); 32 and 64
+# follow the same pattern. G blocks double the resolution from 4x4; D blocks halve it down to
+# 4x4, then one more block at 4x4
 G_CH = {32: [16, 8, 4], 64: [16, 8, 4, 2], 128: [16, 8, 4, 2, 1], 256: [16, 8, 8, 4, 2, 1]}
 D_CH = {
     32: [2, 4, 8, 16],
@@ -105,7 +101,7 @@ class SpectralNorm:
 
     def sn_weight(self):
         with torch.autocast(self.weight.device.type, enabled=False):  # power iteration in fp32
-            W = self.weight.flatten(1)
+            W = self.weight.flatten(1)  # (out, in*k*k)
             with torch.no_grad():
                 v = F.normalize(W.t() @ self.u, dim=0, eps=1e-6)
                 u = F.normalize(W @ v, dim=0, eps=1e-6)
@@ -150,7 +146,8 @@ class SelfAttention(nn.Module):
         # SA-GAN's logits are plain dot products: no 1/sqrt(d) scaling. Under autocast the kernel
         # still forms them and their softmax in fp32; only q, k, v and its output are bf16
         h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
-        return x + self.gamma * self.o(h.transpose(1, 2).reshape(B, -1, H, W))
+        h = h.transpose(1, 2).reshape(B, -1, H, W)  # (B, HW, C/2) -> (B, C/2, H, W)
+        return x + self.gamma * self.o(h)  # (B, C, H, W)
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -163,34 +160,33 @@ class ConditionalBatchNorm2d(nn.Module):
         self.gain = SNLinear(cond_dim, c, bias=False)
         self.bias = SNLinear(cond_dim, c, bias=False)
 
-    def forward(self, x, cond):
-        return (
-            self.bn(x) * (1 + self.gain(cond))[:, :, None, None] + self.bias(cond)[:, :, None, None]
-        )
+    def forward(self, x, cond):  # x (B, C, H, W), cond (B, cond_dim)
+        gain = (1 + self.gain(cond))[:, :, None, None]  # (B, C, 1, 1)
+        return self.bn(x) * gain + self.bias(cond)[:, :, None, None]
 
 
 class GBlock(nn.Module):
-    """cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus an upsampled 1x1-conv shortcut (appendix B fig. 15b)."""
+    """cBN-ReLU-up-conv3x3-cBN-ReLU-conv3x3, plus an upsampled 1x1-conv shortcut (appendix B,
+    fig. 15b)."""
 
     def __init__(self, c_in, c_out, cond_dim):
         super().__init__()
-        self.bn1, self.bn2 = (
-            ConditionalBatchNorm2d(c_in, cond_dim),
-            ConditionalBatchNorm2d(c_out, cond_dim),
-        )
+        self.bn1 = ConditionalBatchNorm2d(c_in, cond_dim)
+        self.bn2 = ConditionalBatchNorm2d(c_out, cond_dim)
         self.conv1 = SNConv2d(c_in, c_out, 3, padding=1)
         self.conv2 = SNConv2d(c_out, c_out, 3, padding=1)
         self.skip = SNConv2d(c_in, c_out, 1)
 
-    def forward(self, x, cond):
+    def forward(self, x, cond):  # (B, c_in, H, W) -> (B, c_out, 2H, 2W)
         h = F.interpolate(F.relu(self.bn1(x, cond)), scale_factor=2)
         h = self.conv2(F.relu(self.bn2(self.conv1(h), cond)))
         return h + self.skip(F.interpolate(x, scale_factor=2))
 
 
 class Generator(nn.Module):
-    """(z (B, z_dim), y (B,)) -> image (B, 3, res, res). z_chunks[0] feeds the 4x4 input layer; each
-    block's cBN sees [shared(y), its own chunk]; self-attention after the block at attn_res."""
+    """(z (B, z_dim), y (B,)) -> image (B, 3, res, res). z's first chunk feeds the 4x4 input
+    layer; each block's cBN sees [shared(y), its own chunk]; self-attention after the block whose
+    output is attn_res wide."""
 
     def __init__(self, res=64, z_dim=120, ch=64, n_classes=1, shared_dim=128, attn_res=None):
         super().__init__()
@@ -203,33 +199,32 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(
             GBlock(i, o, shared_dim + zc) for i, o, zc in zip(c_in, c_out, self.z_sizes[1:])
         )
-        self.attn_at = (
-            int(math.log2(attn_res)) - 3 if attn_res else None
-        )  # block i outputs 8 * 2**i
+        self.attn_at = int(math.log2(attn_res)) - 3 if attn_res else None  # block i: 8 * 2**i
         self.attn = SelfAttention(c_out[self.attn_at]) if attn_res else None
         self.out = nn.Sequential(
             nn.BatchNorm2d(c_out[-1]), nn.ReLU(), SNConv2d(c_out[-1], 3, 3, padding=1), nn.Tanh()
         )
 
     def conditions(self, z, y):
-        """The input layer's chunk, and one cBN conditioning vector [shared(y), z chunk] per block."""
+        """The input layer's chunk, and one cBN conditioning vector [shared(y), z chunk] per
+        block (the shared embedding: sec. 3)."""
         zs = torch.split(z, self.z_sizes, dim=1)
-        e = self.shared(y)
+        e = self.shared(y)  # (B, shared_dim)
         return zs[0], [torch.cat([e, zc], 1) for zc in zs[1:]]
 
     def forward(self, z, y):
         z0, conds = self.conditions(z, y)
-        h = self.linear(z0).view(len(z), -1, 4, 4)
+        h = self.linear(z0).view(len(z), -1, 4, 4)  # (B, 16ch, 4, 4)
         for i, (block, cond) in enumerate(zip(self.blocks, conds)):
-            h = block(h, cond)
+            h = block(h, cond)  # (B, C, s, s) -> (B, C', 2s, 2s)
             if i == self.attn_at:
                 h = self.attn(h)
-        return self.out(h)
+        return self.out(h)  # (B, 3, res, res)
 
 
 class DBlock(nn.Module):
-    """(ReLU)-conv3x3-ReLU-conv3x3-avgpool, plus a 1x1-conv shortcut (appendix B fig. 15c). The first
-    block skips the leading ReLU so the image is not clipped."""
+    """(ReLU)-conv3x3-ReLU-conv3x3-avgpool, plus a 1x1-conv shortcut (appendix B, fig. 15c). The
+    first block skips the leading ReLU so the image is not clipped."""
 
     def __init__(self, c_in, c_out, down=True, preact=True):
         super().__init__()
@@ -238,18 +233,16 @@ class DBlock(nn.Module):
         self.conv2 = SNConv2d(c_out, c_out, 3, padding=1)
         self.skip = SNConv2d(c_in, c_out, 1) if c_in != c_out or down else None
 
-    def forward(self, x):
+    def forward(self, x):  # (B, c_in, H, W) -> (B, c_out, H/2, W/2), or H, W with down=False
         h = self.conv2(F.relu(self.conv1(F.relu(x) if self.preact else x)))
-        if (
-            self.down
-        ):  # avg-pool and a 1x1 conv commute, so pooling the shortcut first is exact and cheaper
+        if self.down:  # avg-pool and a 1x1 conv commute: pooling the shortcut first is cheaper
             h, x = F.avg_pool2d(h, 2), F.avg_pool2d(x, 2)
         return h + (self.skip(x) if self.skip is not None else x)
 
 
 class Discriminator(nn.Module):
     """(image (B, 3, res, res), y (B,)) -> logit (B,): a linear head on sum-pooled ReLU features
-    plus the projection term <embed(y), features>."""
+    plus the projection term <embed(y), features> (Miyato & Koyama 2018)."""
 
     def __init__(self, res=64, ch=64, n_classes=1, attn_res=None):
         super().__init__()
@@ -258,9 +251,7 @@ class Discriminator(nn.Module):
         self.blocks = nn.ModuleList(
             DBlock(c[i], c[i + 1], down=i < len(mults) - 1, preact=i > 0) for i in range(len(mults))
         )
-        self.attn_at = (
-            int(math.log2(res // attn_res)) - 1 if attn_res else None
-        )  # block i outputs res / 2**(i+1)
+        self.attn_at = int(math.log2(res // attn_res)) - 1 if attn_res else None  # res / 2**(i+1)
         self.attn = SelfAttention(c[self.attn_at + 1]) if attn_res else None
         self.linear = SNLinear(c[-1], 1)
         self.embed = SNEmbedding(n_classes, c[-1])
@@ -268,11 +259,11 @@ class Discriminator(nn.Module):
     def forward(self, x, y):
         h = x
         for i, block in enumerate(self.blocks):
-            h = block(h)
+            h = block(h)  # (B, C, s, s) -> (B, C', s/2, s/2); the last block stays at 4x4
             if i == self.attn_at:
                 h = self.attn(h)
         h = F.relu(h).sum((2, 3))  # (B, C): global sum pooling
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(1)
+        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(1)  # psi(h) + <embed(y), h>
 
 
 def init_weights(m):
@@ -295,13 +286,13 @@ def hinge_loss_g(logits_fake):
 
 
 def ortho_penalty(G, beta):
-    """beta * sum_W ||W W^T * (1 - I)||_F^2 over G's weights with W as (out, in*k*k) (sec. 3.1):
-    filters are pushed apart in angle but their norms are left free. The shared class embedding is
-    left out, as in the author's code. ||W W^T||_F = ||W^T W||_F, and diag(W W^T) holds the squared
-    row norms, so the smaller Gram matrix suffices (the 4x4 input layer's W is 16384 x 24).
-    In fp32 with autocast off wherever it is called, as the author's code (utils.py, ortho) runs it
-    on the fp32 weights: the penalty is the difference of two large sums, and a bf16 Gram matrix
-    keeps 8 significant bits per entry."""
+    """beta * sum_W ||W W^T * (1 - I)||_F^2 over G's weights with W as (out, in*k*k) (sec. 3.1,
+    eq. 3): filters are pushed apart in angle but their norms are left free. The shared class
+    embedding is left out, as in the author's code. ||W W^T||_F = ||W^T W||_F, and diag(W W^T)
+    holds the squared row norms, so the smaller Gram matrix suffices (the 4x4 input layer's W is
+    16384 x 24). In fp32 with autocast off wherever it is called, as the author's code (utils.py,
+    ortho) runs it on the fp32 weights: the penalty is the difference of two large sums, and a
+    bf16 Gram matrix keeps 8 significant bits per entry."""
     total = 0.0
     for name, p in G.named_parameters():
         if p.ndim < 2 or name.startswith("shared."):
@@ -313,7 +304,7 @@ def ortho_penalty(G, beta):
     return beta * total
 
 
-# --- EMA, sampling ------------------------------------------------------------------------------
+# --- training -----------------------------------------------------------------------------------
 
 
 def ema_beta(batch, ema_kimg):
@@ -323,18 +314,385 @@ def ema_beta(batch, ema_kimg):
 
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
-    """Parameters: G_ema <- beta * G_ema + (1 - beta) * G. Buffers (BatchNorm statistics): copied."""
+    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (BN statistics) are copied."""
     torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
     for b_ema, b in zip(G_ema.buffers(), G.buffers()):
         b_ema.copy_(b)
 
 
+def train(args):
+    check_res(args.res)
+    run = Run(args)  # device, precision, DDP, seed, --resume: the plumbing block below
+    args, device = run.args, run.device
+    args.attn_res = args.res // 2 if args.attn_res is None else args.attn_res
+    sizes = [args.res >> k for k in range(1, len(G_CH[args.res]))]  # res/2 down to 8
+    if args.attn_res and args.attn_res not in sizes:
+        choose = f"choose a power of two from 8 to {args.res // 2}, or 0 for none"
+        raise UserError(f"--attn-res {args.attn_res}: {choose}")
+    data = load_images(args.data, args.res, verbose=run.rank == 0)
+    batches = Batches(
+        data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
+    )
+    n_classes = len(data.classes)
+    if n_classes == 1:
+        run.say(f"{args.data} has one class: G and D train with a single class embedding")
+    G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.shared_dim, args.attn_res)
+    G = G.to(device)
+    D = Discriminator(args.res, args.d_ch, n_classes, args.attn_res).to(device)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    # sec. 3 / appendix C: beta1 0 (no momentum), beta2 0.999
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-6)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-6)
+    run.track(
+        classes=data.classes, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, loader=batches
+    )  # --resume loads these
+    scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
+    G_train, D_train = run.wrap(G, D)  # DDP under torchrun, torch.compile with --compile
+    beta = ema_beta(args.batch, args.ema_kimg)
+    rows = n_classes if n_classes > 1 else 8  # sample grids: one class per row, 8 samples each
+    z_fixed = sample_z(rows * 8, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
+    y_fixed = (torch.arange(rows * 8) // 8 % n_classes).to(device)
+    about = f"{len(data.labels)} images, {n_classes} class(es)"
+
+    for step in run.steps(grid=lambda: G_ema(z_fixed, y_fixed), about=about):
+        # (1) n_dis D steps per G step, each on its own real batch (sec. 3, appendix C: 2)
+        for _ in range(args.n_dis):
+            x_real, y_real = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,)
+            x_real = x_real.contiguous(memory_format=run.layout)
+            B = x_real.shape[0]
+            z = torch.randn(B, args.z_dim, device=device)
+            y_fake = torch.randint(n_classes, (B,), device=device)
+            # minimise the hinge loss E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z, y), y))]
+            # (sec. 3), one D forward on [real, fake]
+            with run.autocast:
+                with torch.no_grad():
+                    x_fake = G_train(z, y_fake)
+                x_all, y_all = torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])
+                logits = D_train(x_all, y_all).float()  # (2B,)
+                logits_real, logits_fake = logits[:B], logits[B:]
+                loss_D = hinge_loss_d(logits_real, logits_fake)
+            opt_D.zero_grad(set_to_none=True)
+            scaler_D.scale(loss_D).backward()
+            scaler_D.step(opt_D)
+            scaler_D.update()
+
+        # (2) update G: minimise -E[D(G(z, y), y)] (sec. 3) + beta * R(W) (sec. 3.1, eq. 3)
+        z = torch.randn(B, args.z_dim, device=device)
+        y_fake = torch.randint(n_classes, (B,), device=device)
+        with run.autocast:
+            loss_G = hinge_loss_g(D_train(G_train(z, y_fake), y_fake).float())
+        loss_ortho = ortho_penalty(G, args.ortho_beta)
+        opt_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G + loss_ortho).backward()
+        scaler_G.step(opt_G)
+        scaler_G.update()
+
+        # (3) G_ema: a moving average of G's weights (appendix C); a copy of G until --ema-start
+        update_ema(G_ema, G, beta if step >= args.ema_start else 0.0)
+        d_real, d_fake = logits_real.mean(), logits_fake.mean()  # of the last D step
+        run.log(loss_D=loss_D, loss_G=loss_G, d_real=d_real, d_fake=d_fake, ortho=loss_ortho)
+    return G_ema
+
+
+# --- sampling -----------------------------------------------------------------------------------
+
+
 def sample_z(n, z_dim, gen, truncation=None):
-    """z ~ N(0, I); with truncation T, entries beyond |T| are redrawn until none are left."""
+    """z ~ N(0, I); with truncation T, entries beyond |T| are redrawn until none are left: the
+    truncation trick (sec. 3.1)."""
     z = torch.randn(n, z_dim, generator=gen)
     while truncation is not None and (bad := z.abs() > truncation).any():
         z[bad] = torch.randn(int(bad.sum()), generator=gen)
     return z
+
+
+def load_generator(path, device="cpu"):
+    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
+    ckpt = load_checkpoint(path, device)
+    a, classes = ckpt["args"], ckpt["classes"]
+    G = Generator(a["res"], a["z_dim"], a["g_ch"], len(classes), a["shared_dim"], a["attn_res"])
+    G.load_state_dict(ckpt["G_ema"])
+    G.classes = classes
+    return G.to(device).eval().requires_grad_(False)
+
+
+def class_labels(G, n, y=None):
+    """y (an int class index, or labels (n,)) as labels (n,); None cycles through the classes."""
+    if y is None:
+        return torch.arange(n) % len(G.classes)
+    return torch.as_tensor(y, dtype=torch.long).expand(n)
+
+
+@torch.no_grad()
+def generate(G, n, seed=0, truncation=None, y=None):
+    """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
+    truncation: a bound on |z| (entries beyond it are redrawn). y: a class index or labels (n,);
+    None cycles through the classes."""
+    z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
+    y, device = class_labels(G, n, y), next(G.parameters()).device
+    xs = [G(z[i : i + 256].to(device), y[i : i + 256].to(device)) for i in range(0, n, 256)]
+    return torch.cat([x.float().cpu() for x in xs])
+
+
+@torch.no_grad()
+def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16):
+    """Frames of n images, each moving on a great circle through `keys` latents and back; each
+    image keeps its class."""
+    gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
+    zs, frames = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)], []
+    y = class_labels(G, n, y).to(device)
+    for a, b in zip(zs, zs[1:] + zs[:1]):
+        cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True)
+        omega = torch.arccos(cos.clamp(-1, 1)).clamp_min(1e-6)  # (n, 1): the angle a to b
+        for t in torch.linspace(0, 1, steps + 1)[:-1]:
+            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(omega)
+            frames.append(make_grid(G(z.to(device), y).float().cpu()))
+    return frames
+
+
+def truncation_frames(G, n, seed=0, y=None, t_max=2.0, t_min=0.1, steps=20):
+    """The truncation trade-off (sec. 3.1, fig. 2a) as frames, T from t_max down to t_min and
+    back. The same seed keeps every z entry inside |T|, so only the redrawn ones change."""
+    ts = torch.linspace(t_max, t_min, steps).tolist()
+    frames = [make_grid(generate(G, n, seed, t, y)) for t in ts]
+    return frames + frames[-2:0:-1]
+
+
+def class_index(classes, name):
+    """--class NAME or INDEX -> the class's index in this checkpoint's classes."""
+    if name in classes:
+        return classes.index(name)
+    if name.isdigit() and int(name) < len(classes):
+        return int(name)
+    raise UserError(f"--class {name}: not one of this checkpoint's classes: {', '.join(classes)}")
+
+
+def sample(args):
+    G = load_generator(args.sample, setup_device(args.device)[0])
+    nrow, tag = math.ceil(math.sqrt(args.n)), f"seed{args.seed}"
+    y = torch.arange(args.n) // nrow % len(G.classes)  # one class per row of the grid
+    if args.class_name is not None:
+        y = class_index(G.classes, args.class_name)
+        tag += f"_{G.classes[y]}"
+    if args.truncation is not None:
+        tag += f"_trunc{args.truncation:g}"
+    folder = os.path.dirname(args.sample)
+    if args.interp:
+        frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)
+        path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
+    elif args.truncation_sweep:
+        frames = truncation_frames(G, args.n, args.seed, y)
+        path = save_gif(frames, os.path.join(folder, f"truncation_{tag}.gif"))
+    else:
+        x = generate(G, args.n, args.seed, args.truncation, y)
+        path = save_grid(x, os.path.join(folder, f"samples_{tag}.png"), nrow=nrow)
+    print(path)
+
+
+# --- plumbing: the same in every model file (a test checks); skip it on a first read -------------
+
+
+class Run:
+    """Device, precision, DDP, seeding and resume; `for step in run.steps(grid, about)` yields each
+    step, then logs, writes grids and checkpoints, saves on Ctrl-C, and stops on NaN/inf."""
+
+    def __init__(self, args):
+        self.args, self.ckpt = start_or_resume(args)
+        self.device, self.rank, self.world = setup_device(self.args.device)
+        self.say = print if self.rank == 0 else (lambda *text, **kw: None)
+        bf16 = is_cuda(self.device) and torch.cuda.is_bf16_supported()  # auto: bf16 if it can
+        self.precision = self.args.precision.replace("auto", "bf16" if bf16 else "fp32")
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.autocast = torch.autocast(self.device.type, dtype, enabled=dtype is not None)
+        # channels_last: convolutions on tensor cores without layout transposes
+        self.layout = torch.channels_last if is_cuda(self.device) else torch.contiguous_format
+        # one GradScaler per optimizer: fp16 needs loss scaling, bf16 and fp32 do not
+        fp16 = self.precision == "fp16"
+        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        if self.args.batch % self.world:
+            raise UserError(f"--batch {self.args.batch} must divide by {self.world} processes")
+        torch.manual_seed(self.args.seed + self.rank)
+        self.step, self.state, self.sums, self.n, self.signum = 0, {}, {}, 0, None
+
+    def track(self, **state):
+        """What a checkpoint holds besides args, step and RNG: objects with a state_dict, tensors,
+        and values that must match on resume (class names, given first). --resume loads them."""
+        self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
+        ckpt = self.ckpt or {}
+        for k, v in self.state.items() if ckpt else ():
+            if hasattr(v, "load_state_dict"):
+                v.load_state_dict(ckpt[k])
+            elif torch.is_tensor(v):
+                v.copy_(ckpt[k])
+            elif v != ckpt[k]:
+                raise UserError(f"this run's {k} are {v}; {self.args.out} was trained on {ckpt[k]}")
+        if ckpt:
+            self.step = ckpt["step"]
+            self.say(f"resuming {self.args.out}/ckpt.pt at step {self.step}/{self.args.steps}")
+        if ckpt and len(ckpt["rng"]) == self.world:  # another number of processes: new noise
+            torch.set_rng_state(ckpt["rng"][self.rank]["cpu"].cpu())
+            if is_cuda(self.device) and "cuda" in ckpt["rng"][self.rank]:
+                torch.cuda.set_rng_state(ckpt["rng"][self.rank]["cuda"].cpu(), self.device)
+        for m in state.values():
+            if isinstance(m, nn.Module):
+                m.to(memory_format=self.layout)
+
+    def wrap(self, *models, ddp=True):  # the modules as the step calls them
+        models = [DDP(m) if ddp and self.world > 1 else m for m in models]
+        return [torch.compile(m) if self.args.compile else m for m in models]
+
+    def log(self, **values):  # summed on the device: nothing syncs until the log line
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.n += 1
+
+    def steps(self, grid, about):
+        a, out = self.args, self.args.out
+        params = " ".join(
+            f"{k} {sum(p.numel() for p in self.state[k].parameters()) / 1e6:.2f}M" for k in "GD"
+        )
+        self.say(
+            f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | {params} params | {self.device}"
+            f" {self.precision} | batch {a.batch} on {self.world} process(es) | out {out}"
+        )
+        os.makedirs(f"{out}/samples", exist_ok=True)
+        main = threading.current_thread() is threading.main_thread()  # handlers only there
+        old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM) if main}
+        t_log, step_log = time.time(), self.step
+        try:
+            while self.step < a.steps:
+                yield self.step
+                self.step = step = self.step + 1
+                if step % a.log_every == 0 or step == a.steps:
+                    self.check_finite()  # the GPU syncs here, on log steps only
+                    means = torch.stack([*self.sums.values()]).div(self.n).tolist()
+                    rec = dict(step=step, steps=a.steps, kimg=step * a.batch / 1000)
+                    rec |= zip(self.sums, means)
+                    rec["img_s"] = (step - step_log) * a.batch / max(time.time() - t_log, 1e-9)
+                    if is_cuda(self.device):
+                        rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    rec["eta_s"] = (a.steps - step) * a.batch / max(rec["img_s"], 1e-9)
+                    self.sums, self.n = {}, 0
+                    self.say(log_line(rec), flush=True)
+                    if self.rank == 0:
+                        with open(f"{out}/log.jsonl", "a") as f:
+                            f.write(json.dumps(dict(rec, time=time.time())) + "\n")
+                    t_log, step_log = time.time(), step
+                t_pause = time.time()  # grids and checkpoints are left out of img/s
+                if sample_due(step, a) and self.rank == 0:
+                    with torch.no_grad():
+                        save_samples(out, step, grid())
+                if (self.world == 1 or step % 10 == 0) and any_rank(self.signum, self.device):
+                    self.save()
+                    self.say(f"stopped at step {step}: saved {out}/ckpt.pt; continue with --resume")
+                    raise SystemExit(130 if self.signum == signal.SIGINT else 143)
+                if step % a.ckpt_every == 0 or step == a.steps:
+                    self.save()
+                t_log += time.time() - t_pause
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        self.say(f"done: {out}/ckpt.pt, samples in {out}/samples, loss curve {out}/loss.png")
+
+    def on_signal(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check_finite(self):  # losses since the last log line and all weights, on every rank
+        nets = [m for m in self.state.values() if isinstance(m, nn.Module)]
+        tensors = [*self.sums.values(), *(p for m in nets for p in m.parameters())]
+        ok = torch.stack([t.isfinite().all() for t in tensors]).all().item()
+        path = f"{self.args.out}/ckpt.pt"
+        kept = f"the last good checkpoint is {path}" if os.path.exists(path) else "none was saved"
+        if any_rank(not ok, self.device):
+            why = f"loss or weights became NaN/inf by step {self.step}"
+            raise UserError(f"{why}; stopped without saving ({kept})")
+
+    def save(self):  # all ranks give their RNG state; rank 0 writes a temporary file, renamed
+        self.check_finite()
+        rng = {"cpu": torch.get_rng_state()}
+        if is_cuda(self.device):
+            rng["cuda"] = torch.cuda.get_rng_state(self.device).cpu()
+        rngs = [rng] * self.world
+        if dist.is_initialized():
+            dist.all_gather_object(rngs, rng)
+        ckpt = dict(model=MODEL, args=vars(self.args), step=self.step, rng=rngs)
+        for k, v in self.state.items():
+            ckpt[k] = v.state_dict() if hasattr(v, "state_dict") else v
+        path = f"{self.args.out}/ckpt.pt"
+        if self.rank == 0:
+            with open(path + ".tmp", "wb") as f:
+                torch.save(ckpt, f)
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+
+
+def is_cuda(device):  # every CUDA-only line asks this first (tests fake CUDA through it)
+    return device.type == "cuda"
+
+
+def setup_device(name):
+    """auto: cuda, else mps, else cpu. cuda: cuda:LOCAL_RANK under torchrun (with DDP), else 0."""
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    local_rank, msg = int(os.environ.get("LOCAL_RANK", 0)), f"--device {name}:"
+    if name == "auto":
+        name = "mps" if torch.backends.mps.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else name
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{msg} unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise UserError(f"{msg} this machine has no MPS (Apple GPU) backend")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UserError(f"{msg} this machine has no CUDA GPU (or torch was built without CUDA)")
+        if world > 1 and device.index not in (None, local_rank):
+            raise UserError(f"{msg} under torchrun each process uses cuda:LOCAL_RANK; use cuda")
+        index, count = local_rank if world > 1 else device.index or 0, torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"{msg} cuda:{index} does not exist ({count} GPU(s))")
+        device = torch.device("cuda", index)
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    if world > 1 and not dist.is_initialized():
+        nccl = device.type == "cuda"
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
+    return device, rank, world
+
+
+# typed with --resume, these take the new value; every other argument must match the run's
+RESUMABLE = "data steps device compile log_every sample_every ckpt_every".split()
+
+
+def start_or_resume(args):
+    """Refuse to overwrite a run. With --resume, the arguments come from the checkpoint except
+    --out and the RESUMABLE ones typed on the command line (args.typed, from parse_args)."""
+    typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
+    if os.path.exists(path) and not args.resume:
+        raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if not args.resume:
+        return args, None
+    ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
+    saved, can = ckpt["args"], ", ".join(map(flag, RESUMABLE))
+    for k in sorted(typed - set(RESUMABLE)):
+        if k in saved and getattr(args, k) != saved[k]:
+            was = f"differs from the run's {saved[k]}; on --resume only {can} can change"
+            raise UserError(f"{flag(k)} {getattr(args, k)} {was}")
+    kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
+    given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
+    kept_text = ", ".join(f"{k}={v}" for k, v in kept.items())
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
+    return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
 def load_checkpoint(path, device="cpu"):
@@ -344,187 +702,17 @@ def load_checkpoint(path, device="cpu"):
         ckpt = torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("model") != MODEL:
-        found = ckpt.get("model") if isinstance(ckpt, dict) else None
+    found = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if found != MODEL:
         raise UserError(f"{path} is not a {MODEL} checkpoint (model: {found})")
     return ckpt
 
 
-def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
-    ckpt = load_checkpoint(path, device)
-    a = ckpt["args"]
-    G = Generator(
-        a["res"], a["z_dim"], a["g_ch"], len(ckpt["classes"]), a["shared_dim"], a["attn_res"]
-    ).to(device)
-    G.load_state_dict(ckpt["G_ema"])
-    G.classes = ckpt["classes"]
-    return G.eval().requires_grad_(False)
-
-
-@torch.no_grad()
-def generate(G, n, seed=0, truncation=None, y=None, batch=256):
-    """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; same seed, same images.
-    y: class labels (n,) or one label for all; None cycles through the classes."""
-    z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    y = (
-        torch.arange(n) % len(G.classes)
-        if y is None
-        else torch.as_tensor(y, dtype=torch.long).expand(n)
-    )
-    device = next(G.parameters()).device
-    return torch.cat(
-        [
-            G(z[i : i + batch].to(device), y[i : i + batch].to(device)).float().cpu()
-            for i in range(0, n, batch)
-        ]
-    )
-
-
-@torch.no_grad()
-def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16):
-    """Frames of n images, each moving along a spherical path through `keys` latents and back;
-    each image keeps its class y."""
-    gen = torch.Generator().manual_seed(seed)
-    zs = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)]
-    device, frames = next(G.parameters()).device, []
-    y = (torch.arange(n) % len(G.classes) if y is None else y).to(device)
-    for k in range(keys):
-        a, b = zs[k], zs[(k + 1) % keys]
-        omega = torch.arccos(
-            (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True).clamp(-1, 1)
-        )
-        for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            z = (torch.sin((1 - t) * omega) * a + torch.sin(t * omega) * b) / torch.sin(
-                omega
-            ).clamp_min(1e-6)
-            frames.append(make_grid(G(z.to(device), y).float().cpu()))
-    return frames
-
-
-def truncation_frames(G, n, seed=0, y=None, t_max=2.0, t_min=0.1, steps=20):
-    """The truncation trade-off (sec. 3.1, fig. 2a) as frames, T from t_max down to t_min and back.
-    The same seed keeps every z entry inside |T|, so only the resampled ones change between frames."""
-    ts = torch.linspace(t_max, t_min, steps).tolist()
-    frames = [make_grid(generate(G, n, seed, t, y)) for t in ts]
-    return frames + frames[-2:0:-1]
-
-
-def class_index(classes, name):
-    """--class accepts a class name (a data subfolder) or its index."""
-    if name in classes:
-        return classes.index(name)
-    if name.isdigit() and int(name) < len(classes):
-        return int(name)
-    names = ", ".join(repr(c) for c in classes)
-    raise UserError(
-        f"--class {name!r} is neither a class name nor an index below {len(classes)} (classes: {names})"
-    )
-
-
-# --- training skeleton --------------------------------------------------------------------------
-
-
-def is_cuda(device):
-    """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
-    return device.type == "cuda"
-
-
-def setup_device(name):
-    """--device auto -> cuda, else mps, else cpu. `cuda` is this process's GPU: cuda:LOCAL_RANK
-    under torchrun, else cuda:0. Under torchrun, also start DDP. Returns (device, rank, world_size)."""
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
-    if name == "auto":
-        name = (
-            "cuda"
-            if torch.cuda.is_available()
-            else "mps"
-            if torch.backends.mps.is_available()
-            else "cpu"
-        )
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(
-            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
-        ) from None
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError(
-                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
-            )
-        if world > 1 and device.index not in (None, local_rank):
-            raise UserError(
-                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
-            )
-        index = local_rank if world > 1 else device.index or 0
-        if index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
-            )
-        device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
-    return device, rank, world
-
-
-def setup_precision(name, device):
-    """auto -> bf16 autocast on CUDA where supported, else fp32. Returns (name, autocast dtype)."""
-    if name == "auto":
-        name = "bf16" if is_cuda(device) and torch.cuda.is_bf16_supported() else "fp32"
-    return name, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
-
-
-def memory_format(device):
-    """channels_last on CUDA (faster convolutions with tensor cores), the default layout elsewhere."""
-    return torch.channels_last if is_cuda(device) else torch.contiguous_format
-
-
-def peak_memory_gb(device):
-    """Peak GPU memory allocated so far, in GiB; None off CUDA."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if is_cuda(device) else None
-
-
-def any_rank(flag, device):
-    """True on every rank when `flag` is true on any rank; all ranks must call it together."""
-    if not dist.is_initialized():
-        return bool(flag)
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+def any_rank(flag, device):  # all ranks call it together
+    t = torch.tensor(float(bool(flag)), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
-
-
-def rng_states(device):
-    """This process's RNG states, gathered from every rank (index = rank)."""
-    state = {"cpu": torch.get_rng_state()}
-    if is_cuda(device):
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    if not dist.is_initialized():
-        return [state]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
-    return states
-
-
-def set_rng_states(states, rank, device):
-    if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(
-            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
-        )
-        return
-    torch.set_rng_state(states[rank]["cpu"].cpu())
-    if is_cuda(device) and "cuda" in states[rank]:
-        torch.cuda.set_rng_state(states[rank]["cuda"].cpu(), device)
 
 
 def sample_due(step, args):
@@ -535,499 +723,102 @@ def sample_due(step, args):
     return step % args.sample_every == 0 or step == args.steps or early
 
 
-def save_checkpoint(path, ckpt):
-    """Atomic: write a temporary file, then rename over the old checkpoint."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def finite(meter, *models):
-    """Losses since the last log and all weights are finite, on every rank (syncs the GPU)."""
-    tensors = list(meter.sums.values()) + [p for m in models for p in m.parameters()]
-    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().item()
-    return not any_rank(not ok, tensors[-1].device)
-
-
-class Meter:
-    """Running sums of detached scalars, kept on the device so nothing syncs until `means()`."""
-
-    def __init__(self):
-        self.sums, self.n = {}, 0
-
-    def add(self, **values):
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
-        self.n += 1
-
-    def means(self):
-        keys = list(self.sums)
-        vals = (
-            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
-        )
-        self.sums, self.n = {}, 0
-        return dict(zip(keys, vals))
-
-
 def log_line(rec):
     """step 1200/50000 | kimg 76.8 | loss_D 1.213 | ... | 512 img/s | 1.9 GB | eta 2h41m"""
+    h, m = divmod(int(rec["eta_s"]) // 60, 60)
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + (
-        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
-    )
-    h, m = divmod(int(rec["eta_s"]) // 60, 60)
+    parts += [f"{rec['img_s']:.0f} img/s"]
+    parts += [f"{rec['mem_gb']:.2f} GB"] if "mem_gb" in rec else []
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = (
-    "data",
-    "steps",
-    "device",
-    "compile",
-    "log_every",
-    "sample_every",
-    "ckpt_every",
-)
-
-
-def start_or_resume(args):
-    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint except --out
-    and those in RESUME_FROM_COMMAND_LINE typed on the command line; typing any other argument with
-    a value other than the run's is an error (a plain --resume continues the same run)."""
-    typed = set(vars(args).pop("typed", ())) - {"out", "resume"}
-    path = os.path.join(args.out, "ckpt.pt")
-    if not args.resume:
-        if os.path.exists(path):
-            raise UserError(
-                f"{path} exists: pass --resume to continue that run, or choose another --out"
-            )
-        return args, None
-    ckpt = load_checkpoint(path)
-    saved = ckpt["args"]
-    fixed = [
-        k
-        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
-        if k in saved and getattr(args, k) != saved[k]
-    ]
-    if fixed:
-        k = fixed[0]
-        raise UserError(
-            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
-        )
-    kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
-    if int(os.environ.get("RANK", 0)) == 0:
-        given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(
-            f"resume: from the command line: {given}; from the checkpoint: "
-            + ", ".join(f"{k}={v}" for k, v in kept.items())
-        )
-    return argparse.Namespace(**(vars(args) | kept)), ckpt
-
-
-class StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to save a checkpoint and stop; a second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signum = None
-        self.old = {}
+def positive(kind):  # an argparse type: an int or a finite float above 0
+    def parse(text):
         try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.old[s] = signal.signal(s, self.handle)
-        except ValueError:  # not the main thread: no handlers
-            pass
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a {kind.__name__} above 0, got {text!r}")
+        return value
 
-    def handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def restore(self):
-        for s, h in self.old.items():
-            signal.signal(s, h)
+    return parse
 
 
-def positive_int(text):
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
-    return value
+def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+    """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=about, formatter_class=fmt)
+    add, pos_int, pos = p.add_argument, positive(int), positive(float)
+    add("--data", default="toy", help="image folder (subfolders = classes), .zip, or toy")
+    add("--res", type=int, default=64, help="image resolution (a power of two)")
+    add("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
+    add("--steps", type=pos_int, default=steps, help="training steps (G updates)")
+    add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
+    add("--lr-g", type=pos, default=lr_g, help="G learning rate")
+    add("--lr-d", type=pos, default=lr_d, help="D learning rate")
+    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
+    add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
+    add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
+    add("--compile", action="store_true", help="torch.compile G and D forward passes")
+    add("--resume", action="store_true", help="continue the run in --out")
+    add("--log-every", type=pos_int, default=50, help="steps between log lines")
+    add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
+    add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")
+    add("--flip", action=argparse.BooleanOptionalAction, default=True, help="random x-flips")
+    add("--sample", metavar="CKPT", help="sampling mode: a grid from this checkpoint's G_ema")
+    add("--n", type=pos_int, default=64, help="sampling: number of images")
+    add("--truncation", type=truncation_type or pos, help=f"sampling: {truncation}")
+    add("--interp", action="store_true", help="sampling: a latent-interpolation GIF")
+    return p
 
 
 def parse_args(parser, argv=None):
-    """Parse argv; a bad value exits with one line. args.typed lists the arguments written on the
-    command line (for --resume), whatever their value."""
+    """A bad value exits with one line. args.typed: the arguments typed, for --resume."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    # argparse leaves an attribute that the namespace already has, unless it was typed
-    unset = object()
+    unset = object()  # argparse keeps a namespace's attribute unless it was typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
-
-
-# --- training -----------------------------------------------------------------------------------
-
-
-def train(args):
-    args, ckpt = start_or_resume(args)
-    check_res(args.res)
-    args.attn_res = args.res // 2 if args.attn_res is None else args.attn_res
-    if args.n_dis < 1:
-        raise UserError(f"--n-dis {args.n_dis}: D needs at least one step per G step")
-    if args.attn_res and args.attn_res not in [
-        args.res >> k for k in range(1, len(G_CH[args.res]))
-    ]:
-        raise UserError(
-            f"--attn-res {args.attn_res}: choose a power of two from 8 to {args.res // 2}, or 0 for none"
-        )
-    device, rank, world = setup_device(args.device)
-    precision, amp_dtype = setup_precision(args.precision, device)
-    say = print if rank == 0 else (lambda *a, **k: None)
-    if args.batch % world:
-        raise UserError(
-            f"--batch {args.batch} must be divisible by the number of processes ({world})"
-        )
-    torch.manual_seed(args.seed + rank)
-    data = load_images(args.data, args.res, verbose=rank == 0)
-    batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
-    n_classes = len(data.classes)
-    if n_classes == 1:
-        say(
-            f"{args.data} has one class: G and D train with a single class embedding (unconditional BigGAN)"
-        )
-
-    G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.shared_dim, args.attn_res).to(
-        device
-    )
-    D = Discriminator(args.res, args.d_ch, n_classes, args.attn_res).to(device)
-    G.apply(init_weights)
-    D.apply(init_weights)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-6)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-6)
-    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    step = 0
-    if ckpt is not None:
-        for name, obj in [
-            ("G", G),
-            ("D", D),
-            ("G_ema", G_ema),
-            ("opt_G", opt_G),
-            ("opt_D", opt_D),
-            ("scaler_G", scaler_G),
-            ("scaler_D", scaler_D),
-            ("loader", batches),
-        ]:
-            obj.load_state_dict(ckpt[name])
-        step = ckpt["step"]
-        set_rng_states(ckpt["rng"], rank, device)
-        say(f"resuming {args.out}/ckpt.pt at step {step}/{args.steps}")
-    layout = memory_format(device)  # channels_last on CUDA
-    G, D, G_ema = (m.to(memory_format=layout) for m in (G, D, G_ema))
-    G_train, D_train = (DDP(G), DDP(D)) if world > 1 else (G, D)
-    if args.compile:
-        G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    beta = ema_beta(args.batch, args.ema_kimg)
-    rows = n_classes if n_classes > 1 else 8  # sample grids: one class per row, 8 samples each
-    z_fixed = sample_z(rows * 8, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
-    y_fixed = (torch.arange(rows * 8) // 8 % n_classes).to(device)
-    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(
-        f"{MODEL} | {args.data}: {len(data.labels)} images, {n_classes} class(es), {args.res}x{args.res} | "
-        f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
-        f"params | {device} {precision} | batch {args.batch} on {world} process(es) | out {args.out}"
-    )
-
-    def checkpoint():
-        ckpt = {
-            "model": MODEL,
-            "args": vars(args),
-            "step": step,
-            "classes": data.classes,
-            "rng": rng_states(device),
-            "G": G.state_dict(),
-            "D": D.state_dict(),
-            "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict(),
-            "opt_D": opt_D.state_dict(),
-            "scaler_G": scaler_G.state_dict(),
-            "scaler_D": scaler_D.state_dict(),
-            "loader": batches.state_dict(),
-        }
-        if rank == 0:
-            save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
-
-    def fail_if_not_finite():
-        if not finite(meter, G, D):
-            kept = (
-                f"the last good checkpoint is {args.out}/ckpt.pt"
-                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
-                else "no checkpoint had been written"
-            )
-            raise UserError(
-                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
-            )
-
-    meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
-    try:
-        while step < args.steps:
-            for _ in range(args.n_dis):  # n_dis D steps per G step, each on its own real batch
-                x_real, y_real = next(batches)
-                x_real = x_real.contiguous(memory_format=layout)
-                B = x_real.shape[0]
-                z = torch.randn(B, args.z_dim, device=device)
-                y_fake = torch.randint(n_classes, (B,), device=device)
-                with autocast:
-                    with torch.no_grad():
-                        x_fake = G_train(z, y_fake)
-                    logits = D_train(
-                        torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])
-                    ).float()
-                    logits_real, logits_fake = logits[:B], logits[B:]
-                    loss_D = hinge_loss_d(logits_real, logits_fake)
-                opt_D.zero_grad(set_to_none=True)
-                scaler_D.scale(loss_D).backward()
-                scaler_D.step(opt_D)
-                scaler_D.update()
-
-            z = torch.randn(B, args.z_dim, device=device)
-            y_fake = torch.randint(n_classes, (B,), device=device)
-            with autocast:
-                loss_G = hinge_loss_g(D_train(G_train(z, y_fake), y_fake).float())
-            loss_ortho = ortho_penalty(G, args.ortho_beta)
-            opt_G.zero_grad(set_to_none=True)
-            scaler_G.scale(loss_G + loss_ortho).backward()
-            scaler_G.step(opt_G)
-            scaler_G.update()
-            update_ema(
-                G_ema, G, beta if step >= args.ema_start else 0.0
-            )  # G_ema = G until --ema-start
-            step += 1
-            meter.add(
-                loss_D=loss_D,
-                loss_G=loss_G,
-                d_real=logits_real.mean(),
-                d_fake=logits_fake.mean(),
-                ortho=loss_ortho,
-            )
-
-            if step % args.log_every == 0 or step == args.steps:
-                fail_if_not_finite()
-                dt, rec = (
-                    time.time() - t_log,
-                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
-                )
-                rec.update(meter.means())
-                rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
-                rec["mem_gb"] = peak_memory_gb(device)
-                rec["eta_s"] = (args.steps - step) * args.batch / max(rec["img_s"], 1e-9)
-                if rank == 0:
-                    print(log_line(rec), flush=True)
-                    with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-                        f.write(json.dumps(dict(rec, time=time.time())) + "\n")
-                t_log, step_log = time.time(), step
-            t_pause = time.time()  # samples and checkpoints are left out of img/s
-            if sample_due(step, args) and rank == 0:
-                G_ema.eval()
-                with torch.no_grad():
-                    save_grid(
-                        G_ema(z_fixed, y_fixed),
-                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
-                        nrow=8,
-                    )
-                save_progress_gif(
-                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
-                )
-                if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(
-                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
-                    )
-            if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
-                fail_if_not_finite()
-                checkpoint()
-                say(f"stopped at step {step}: saved {args.out}/ckpt.pt; continue with --resume")
-                raise SystemExit(130 if stop.signum == signal.SIGINT else 143)
-            if step % args.ckpt_every == 0 or step == args.steps:
-                fail_if_not_finite()
-                checkpoint()
-            t_log += time.time() - t_pause
-    finally:
-        stop.restore()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    say(f"done: {args.out}/ckpt.pt, samples in {args.out}/samples, loss curve {args.out}/loss.png")
-    return G_ema
-
-
-def sample(args):
-    device, _, _ = setup_device(args.device)
-    G = load_generator(args.sample, device)
-    folder, tag = os.path.dirname(args.sample) or ".", f"seed{args.seed}"
-    nrow = math.ceil(math.sqrt(args.n))
-    if args.cls is not None:
-        c = class_index(G.classes, args.cls)
-        y, tag = torch.full((args.n,), c), tag + f"_class{c}"
-    else:
-        y = torch.arange(args.n) // nrow % len(G.classes)  # one class per row of the grid
-    if args.truncation is not None:
-        tag += f"_trunc{args.truncation:g}"
-    if args.interp:
-        path = save_gif(
-            interpolation_frames(G, args.n, args.seed, args.truncation, y),
-            os.path.join(folder, f"interp_{tag}.gif"),
-        )
-    elif args.truncation_sweep:
-        path = save_gif(
-            truncation_frames(G, args.n, args.seed, y),
-            os.path.join(folder, f"truncation_{tag}.gif"),
-        )
-    else:
-        path = save_grid(
-            generate(G, args.n, args.seed, args.truncation, y),
-            os.path.join(folder, f"samples_{tag}.png"),
-            nrow=nrow,
-        )
-    print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="BigGAN (Brock et al. 2018) for anime faces.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = shared_flags(
+        "BigGAN (Brock et al. 2018) for anime faces.",
+        steps=50000,
+        batch=64,
+        lr_g=1e-4,
+        lr_d=4e-4,
+        ema_kimg=444.0,
+        truncation="redraw z entries beyond |T| (a bound on z: the truncation trick, sec. 3.1)",
     )
-    p.add_argument(
-        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
+    add, pos_int = p.add_argument, positive(int)
+    add("--truncation-sweep", action="store_true", help="sampling: a GIF, T from 2 to 0.1 and back")
+    add(
+        "--class",
+        dest="class_name",
+        metavar="NAME_OR_INDEX",
+        help="sampling: only this class (name or index)",
     )
-    p.add_argument("--res", type=int, default=64, help="image resolution: 32, 64, 128 or 256")
-    p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument(
-        "--steps", type=positive_int, default=50000, help="generator updates to train for"
-    )
-    p.add_argument(
-        "--batch", type=positive_int, default=64, help="global batch, split across processes"
-    )
-    p.add_argument("--lr-g", type=float, default=1e-4, help="generator Adam learning rate")
-    p.add_argument("--lr-d", type=float, default=4e-4, help="discriminator Adam learning rate")
-    p.add_argument(
-        "--ema-kimg",
-        type=float,
-        default=444.0,
-        help="G_ema half-life in thousands of images (444 = decay 0.9999 per step at batch 64)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
-    )
-    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument(
-        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
-    )
-    p.add_argument(
-        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
-    )
-    p.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="random horizontal flips",
-    )
-    p.add_argument(
-        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
-    )
-    p.add_argument(
-        "--n",
-        type=positive_int,
-        default=64,
-        help="sampling mode: number of images (square grid, a class per row)",
-    )
-    p.add_argument(
-        "--truncation",
-        type=positive_float,
-        default=None,
-        help="redraw z entries beyond |T| (sampling)",
-    )
-    p.add_argument(
-        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
-    )
-    p.add_argument(
-        "--truncation-sweep",
-        action="store_true",
-        help="sampling mode: GIF of the same z as the truncation T goes from 2 to 0.1 and back",
-    )
-    p.add_argument(
-        "--class", dest="cls", metavar="NAME_OR_INDEX", help="sampling mode: only this class"
-    )
-    p.add_argument(
-        "--z-dim", type=int, default=120, help="latent size, split into one chunk per G block + 1"
-    )
-    p.add_argument("--shared-dim", type=int, default=128, help="size of G's shared class embedding")
-    p.add_argument(
-        "--g-ch",
-        type=int,
-        default=64,
-        help="G width multiplier: 16*ch channels at 4x4, 2*ch at 64x64",
-    )
-    p.add_argument(
-        "--d-ch",
-        type=int,
-        default=64,
-        help="D width multiplier: ch channels at 64x64, 16*ch at 4x4",
-    )
-    p.add_argument(
+    add("--z-dim", type=pos_int, default=120, help="latent size: one chunk per G block, +1")
+    add("--shared-dim", type=pos_int, default=128, help="size of G's shared class embedding")
+    add("--g-ch", type=pos_int, default=64, help="G width: 16*ch channels at 4x4, 2*ch at 64x64")
+    add("--d-ch", type=pos_int, default=64, help="D width: ch channels at 64x64, 16*ch at 4x4")
+    add(
         "--attn-res",
         type=int,
-        default=None,
-        help="self-attention at this map size in G and D; "
-        "unset: res/2 (32 for 64x64, 64 for 128x128); 0: none",
+        help="self-attention at this map size in G and D; unset: res/2; 0: none",
     )
-    p.add_argument("--n-dis", type=int, default=2, help="D steps per G step (the paper's 2)")
-    p.add_argument(
-        "--ortho-beta", type=float, default=1e-4, help="orthogonal regularisation strength beta"
-    )
-    p.add_argument(
-        "--ema-start",
-        type=int,
-        default=20000,
-        help="G steps before G_ema starts averaging (a copy of G until then)",
-    )
+    add("--n-dis", type=pos_int, default=2, help="D steps per G step (the paper's 2)")
+    add("--ortho-beta", type=float, default=1e-4, help="orthogonal regularisation beta (eq. 3)")
+    add("--ema-start", type=int, default=20000, help="G steps with G_ema = G, then averaging")
     return parse_args(p, argv)
 
 

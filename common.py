@@ -352,6 +352,15 @@ def save_progress_gif(samples_dir, path, max_frames=100):
     )
 
 
+def save_samples(out, step, images):
+    """A run's pictures at a sample step: samples/step_XXXXXX.png (8 per row), progress.gif of
+    all of those, and loss.png from log.jsonl (once it exists)."""
+    save_grid(images, os.path.join(out, "samples", f"step_{step:06d}.png"), nrow=8)
+    save_progress_gif(os.path.join(out, "samples"), os.path.join(out, "progress.gif"))
+    if os.path.exists(os.path.join(out, "log.jsonl")):
+        plot_losses(os.path.join(out, "log.jsonl"), os.path.join(out, "loss.png"))
+
+
 def plot_losses(log_path, png_path, keys=None, size=(720, 360)):
     """Draw the `loss_*` series (or `keys`) of a log.jsonl against step into a PNG."""
     recs = [json.loads(line) for line in open(log_path) if line.strip()]

@@ -1,58 +1,63 @@
-"""StyleGAN2-ADA: "Analyzing and Improving the Image Quality of StyleGAN", Tero Karras, Samuli Laine,
-Miika Aittala, Janne Hellsten, Jaakko Lehtinen, Timo Aila, 2020. arXiv:1912.04958; with "Training
-Generative Adversarial Networks with Limited Data", Tero Karras, Miika Aittala, Janne Hellsten,
-Samuli Laine, Jaakko Lehtinen, Timo Aila, 2020. arXiv:2006.06676.
+"""StyleGAN2-ADA: "Analyzing and Improving the Image Quality of StyleGAN", Tero Karras, Samuli
+Laine, Miika Aittala, Janne Hellsten, Jaakko Lehtinen, Timo Aila, 2020. arXiv:1912.04958; with
+"Training Generative Adversarial Networks with Limited Data", Tero Karras, Miika Aittala, Janne
+Hellsten, Samuli Laine, Jaakko Lehtinen, Timo Aila, 2020. arXiv:2006.06676.
 
 Paper -> code
-- mapping network: pixel-normalised z (+ class embedding), 8 FC layers at lr x0.01, w_avg
-  tracked for the truncation trick (StyleGAN sec. 2, 5.2)                       -> MappingNetwork
-- equalised learning rate everywhere (Karras et al. 2018 sec. 4.1)              -> FC, Conv, SynthesisLayer
-- modulated convolution with weight demodulation (StyleGAN2 sec. 2.2, eq. 1-3),
-  per-layer noise with a learned strength, bias + leaky ReLU with gain sqrt(2)  -> SynthesisLayer
-- skip generator: learned 4x4 constant, toRGB at every resolution, summed after
-  FIR upsampling with [1,3,3,1] (StyleGAN2 sec. 4.1, fig. 7)                    -> SynthesisBlock, upfirdn2d
-- residual D with FIR downsampling, minibatch std, conditional projection
-  (StyleGAN2 sec. 4.1; Miyato & Koyama 2018 for the projection)                 -> DiscriminatorBlock, Discriminator
-- non-saturating logistic loss; lazy R1 every 16 D steps; path length every
-  4 G steps (weight 2, decay 0.01, batch / 2); style mixing with p 0.9; Adam
-  (0, 0.99) with the lazy-regularisation lr/beta correction (StyleGAN2 sec. 3)  -> loss_d, loss_g, r1_penalty,
-                                                                                   path_length_penalty, train()
-- ADA 'bgc' pipeline: 12 transforms, each with probability p, on every image D
-  sees, differentiable (ADA sec. 2.3, appendix B)                               -> augment
-- adaptive p from r_t = E[sign(D(x_real))], target 0.6, 500 kimg from 0 to 1
-  (ADA sec. 3)                                                                  -> ada_update, train()
+- mapping network: pixel-normalised z (+ class embedding), 8 FC layers at lr x0.01; w_avg
+  tracked for the truncation trick (StyleGAN sec. 2, 5.2)               -> MappingNetwork
+- equalised learning rate everywhere (Karras et al. 2018 sec. 4.1)      -> FC, Conv, SynthesisLayer
+- modulated convolution with weight demodulation (StyleGAN2 sec. 2.2, eq. 1-3), per-layer noise
+  with a learned strength, bias + leaky ReLU with gain sqrt(2)          -> SynthesisLayer
+- skip generator: learned 4x4 constant, toRGB at every resolution, summed after FIR upsampling
+  with [1,3,3,1] (StyleGAN2 sec. 4.1, fig. 7)                           -> SynthesisBlock, upfirdn2d
+- residual D with FIR downsampling, minibatch std, conditional projection (StyleGAN2 sec. 4.1;
+  Miyato & Koyama 2018 for the projection)                              -> Discriminator
+- style mixing with probability 0.9 (StyleGAN sec. 3.1)                 -> Generator.forward
+- non-saturating logistic loss; lazy R1 every 16 D steps; path length every 4 G steps (weight 2,
+  decay 0.01, batch / 2); Adam (0, 0.99) with the lazy-regularisation lr/beta correction
+  (StyleGAN2 sec. 3, appendix B)                  -> loss_d, loss_g, r1_penalty, path_length_penalty
+- ADA 'bgc' pipeline: 12 transforms, each with probability p, on every image D sees,
+  differentiable (ADA sec. 2.3, appendix B)                             -> augment
+- adaptive p from r_t = E[sign(D(x_real))], target 0.6, 500 kimg from 0 to 1 (ADA sec. 3)
+                                                                        -> ada_update, train
 
-Not from the paper
-- Pure PyTorch, no custom CUDA ops: FIR filtering is a separable depthwise conv, the modulated
-  conv is the official code's non-fused form (scale inputs, shared conv, scale outputs), the
-  upsampling conv a transposed conv followed by the FIR filter, as in the official code.
+Not from the paper: what changes results
 - Geometric augmentation: reflection padding, 2x upsampling with the 'sym6' wavelet low-pass
   (12 taps), bilinear grid_sample, 2x downsampling with the same filter (the official choice).
   Images that draw no transform are passed through untouched, so p = 0 is exactly the identity
   (the official pipeline filters every image). p is clamped to [0, 1] (official: only >= 0).
-- Gradients are averaged across processes by hand instead of DDP: DDP's hooks do not handle the
-  double backward of R1 and path length, nor D's parameters frozen in the G step (stylegan3 does
-  the same). pl_mean is per process, as in the official code; w_avg is rank 0's in checkpoints.
 - --z-dim defaults to --w-dim (512 by default, as the paper); D's class mapping uses
   --map-layers layers (official: always 8). Fake images take the labels of the real batch.
 - R1 gamma defaults to the official 'auto' config: 0.0002 * res^2 / batch (0.0256 at 64x64,
   batch 32); widths --cbase 16384 --cmax 512 and lr 0.0025 are that config's too.
+- G_ema's half-life ramps up: min(--ema-kimg, 0.05 * images seen), as the official code; its
+  buffers (w_avg) are copied from G.
 - Noise inputs are random while training and fixed buffers in eval (official generate.py's
   'const'), so generate() is reproducible; generate() clamps to [-1, 1].
+Not from the paper: engineering
+- Pure PyTorch, no custom CUDA ops: FIR filtering is a separable depthwise conv, the modulated
+  conv is the official code's non-fused form (scale inputs, shared conv, scale outputs), the
+  upsampling conv a transposed conv followed by the FIR filter, as in the official code.
+- Gradients are averaged across processes by hand instead of DDP: DDP's hooks do not handle the
+  double backward of R1 and path length, nor D's parameters frozen in the G step (stylegan3 does
+  the same). pl_mean is per process, as in the official code; w_avg is rank 0's in checkpoints.
 - Reduced precision (bf16 autocast by default on CUDA) only in the convolutions and FIR filters
   of blocks at >= max(res/8, 8) (the official num_fp16_res = 4), with the official clamp of
   activations to +-256; styles, demodulation, the RGB skip image, mapping, the 4x4 layers, the
   augmentation, R1 and path length run in fp32 (the last two eager even under --compile). Under
   fp16 the modulated conv pre-normalises weights and styles so it cannot overflow (official).
-  EMA ramp-up: half-life min(10 kimg, 0.05 * images seen), copies buffers (w_avg).
+- Devices, DDP start-up, atomic checkpoints, resume: the plumbing block, as in every file.
 
 Usage
-    python stylegan2_ada.py                                   # built-in toy faces, 64x64, conditional
-    python stylegan2_ada.py --data ../shared/data/anime64 --res 64
-    python stylegan2_ada.py --data toy --res 32 --steps 200 --batch 8 --cbase 256 --cmax 16 --w-dim 32 --map-layers 2
-    python stylegan2_ada.py --resume --steps 60000            # continue out/stylegan2_ada/ckpt.pt
+    python stylegan2_ada.py                          # built-in toy faces, 64x64, conditional
+    python stylegan2_ada.py --data ./faces           # any folder or .zip; subfolders = classes
+    # CPU smoke run:
+    python stylegan2_ada.py --res 32 --steps 200 --batch 8 --cbase 256 --cmax 16 --w-dim 32
+    python stylegan2_ada.py --resume --steps 60000   # continue out/stylegan2_ada/ckpt.pt
     torchrun --nproc_per_node=4 stylegan2_ada.py --data ./faces
-    python stylegan2_ada.py --sample out/stylegan2_ada/ckpt.pt --n 64 [--truncation 0.7] [--interp | --mixing]
+    python stylegan2_ada.py --sample out/stylegan2_ada/ckpt.pt --n 64 [--class blonde]
+        [--truncation 0.7 [--truncation-cutoff 8]] [--interp | --mixing]
 """
 
 import argparse
@@ -63,26 +68,20 @@ import math
 import os
 import signal
 import sys
+import threading
 import time
 
 import torch
 import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
+from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import (
-    Batches,
-    UserError,
-    load_images,
-    make_grid,
-    plot_losses,
-    save_gif,
-    save_grid,
-    save_progress_gif,
-)
+from common import Batches, UserError, load_images, make_grid, save_gif, save_grid, save_samples
 
 MODEL = "stylegan2_ada"
-FIR = [1.0, 3.0, 3.0, 1.0]
+FIR = [1.0, 3.0, 3.0, 1.0]  # the [1,3,3,1] binomial low-pass of G and D (StyleGAN2 sec. 4.1)
+# the 'sym6' wavelet low-pass of ADA's geometric augmentation (ADA appendix B.2)
 SYM6 = [
     0.015404109327027373,
     0.0034907120842174702,
@@ -109,15 +108,15 @@ def check_res(res):
 
 def upfirdn2d(x, f, up=1, down=1, pad=(0, 0), gain=1.0):
     """Upsample by zero insertion, pad (negative = crop), convolve with the FIR filter f x f (f 1-D,
-    normalised to sum 1; times `gain`), keep every down-th pixel: the official CUDA op in plain PyTorch."""
+    normalised to sum 1; times `gain`), keep every down-th pixel: the official CUDA op in plain
+    PyTorch. (B, C, H, W) -> (B, C, H', W'), H' = (H * up + sum(pad) - len(f)) // down + 1."""
     B, C, H, W = x.shape
     if up > 1:
         x = F.pad(x.reshape(B, C, H, 1, W, 1), [0, up - 1, 0, 0, 0, up - 1]).reshape(
             B, C, H * up, W * up
         )
-    f = (
-        (torch.outer(f, f) * (gain / f.sum() ** 2)).flip([0, 1]).to(x.dtype)
-    )  # flipped: a true convolution
+    # flipped: a true convolution
+    f = (torch.outer(f, f) * (gain / f.sum() ** 2)).flip([0, 1]).to(x.dtype)
     return F.conv2d(
         F.pad(x, [pad[0], pad[1], pad[0], pad[1]]), f.expand(C, 1, *f.shape), stride=down, groups=C
     )
@@ -141,7 +140,8 @@ def bias_act(x, b, act, gain=1.0, clamp=256.0):
 
 
 def fp32_unless(amp, device_type):
-    """Blocks below the 4 highest resolutions run in fp32 even under autocast (official num_fp16_res)."""
+    """Blocks below the 4 highest resolutions run in fp32 even under autocast (official
+    num_fp16_res)."""
     return contextlib.nullcontext() if amp else torch.autocast(device_type, enabled=False)
 
 
@@ -165,7 +165,8 @@ class FC(nn.Module):
 
 
 class Conv(nn.Module):
-    """Equalised-lr conv for D; with down=True it FIR-filters then strides by 2 (StyleGAN2 fig. 7c)."""
+    """Equalised-lr conv for D; with down=True it FIR-filters then strides by 2 (StyleGAN2 fig. 7c):
+    (B, c_in, H, W) -> (B, c_out, H / 2, W / 2)."""
 
     def __init__(self, c_in, c_out, k, act=True, bias=True, down=False):
         super().__init__()
@@ -232,7 +233,7 @@ class SynthesisLayer(nn.Module):
             self.register_buffer("noise_const", torch.randn(res, res))
         self.register_buffer("fir", torch.tensor(FIR), persistent=False)
 
-    def forward(self, x, w):
+    def forward(self, x, w):  # (B, c_in, H, W), w (B, w_dim) -> (B, c_out, H, W), 2H with up
         dev = x.device.type
         fp16 = torch.is_autocast_enabled(dev) and torch.get_autocast_dtype(dev) == torch.float16
         with torch.autocast(dev, enabled=False):  # styles and demodulation in fp32 (official)
@@ -308,24 +309,21 @@ class Generator(nn.Module):
             blocks.append(SynthesisBlock(c_in, c, w_dim, r, amp=r >= max(res // 8, 8)))
             c_in = c
         self.blocks = nn.ModuleList(blocks)
-        self.num_ws = (
-            sum(b.num_conv for b in blocks) + 1
-        )  # toRGB of block i shares conv0's w of block i+1
+        # toRGB of block i shares conv0's w of block i+1
+        self.num_ws = sum(b.num_conv for b in blocks) + 1
         self.mapping = MappingNetwork(z_dim, w_dim, classes, map_layers, self.num_ws)
 
-    def synthesis(self, ws):
+    def synthesis(self, ws):  # (B, num_ws, w_dim) -> (B, 3, res, res)
         x = img = None
         i = 0
-        for b in self.blocks:
+        for b in self.blocks:  # x: (B, c, r, r) features; img: the RGB image so far, (B, 3, r, r)
             x, img = b(x, img, ws[:, i : i + b.num_conv + 1])
             i += b.num_conv
         return img
 
     def forward(self, z, y=None, psi=1.0, cutoff=None, mix_prob=0.0, return_ws=False):
-        ws = self.mapping(z, y, psi, cutoff)
-        if (
-            mix_prob > 0
-        ):  # style mixing regularisation (StyleGAN sec. 3.1): a second w from layer k on
+        ws = self.mapping(z, y, psi, cutoff)  # (B, num_ws, w_dim)
+        if mix_prob > 0:  # style mixing regularisation (StyleGAN sec. 3.1): a second w from k on
             k = torch.randint(1, self.num_ws, (), device=ws.device)
             mix = (torch.arange(self.num_ws, device=ws.device) >= k) & (
                 torch.rand((), device=ws.device) < mix_prob
@@ -348,7 +346,7 @@ class DiscriminatorBlock(nn.Module):
         self.skip = Conv(c_in, c_out, 1, act=False, bias=False, down=True)
         self.amp = amp
 
-    def forward(self, x):
+    def forward(self, x):  # (B, c_in, H, W) -> (B, c_out, H / 2, W / 2)
         with fp32_unless(self.amp, x.device.type):
             x = x if self.amp else x.float()
             if self.fromrgb is not None:
@@ -391,11 +389,12 @@ class Discriminator(nn.Module):
         self.mapping = MappingNetwork(0, c, classes, map_layers, None) if classes else None
 
     def forward(self, x, y=None):
-        for b in self.blocks:
+        for b in self.blocks:  # (B, 3, res, res) -> ... -> (B, c, 4, 4)
             x = b(x)
         with torch.autocast(x.device.type, enabled=False):
-            x = self.conv(minibatch_std(x.float(), self.mbstd_group))
-            x = self.out(self.fc(x.flatten(1)))
+            x = minibatch_std(x.float(), self.mbstd_group)  # (B, c + 1, 4, 4)
+            x = self.conv(x)  # (B, c, 4, 4)
+            x = self.out(self.fc(x.flatten(1)))  # (B, c * 16) -> (B, c), or (B, 1) unconditional
             if self.mapping is None:
                 return x.squeeze(1)
             cmap = self.mapping(None, y)
@@ -406,7 +405,8 @@ class Discriminator(nn.Module):
 
 
 def affine2d(a, b, c, d, e, f):
-    """Batched homogeneous matrices [[a, b, c], [d, e, f], [0, 0, 1]]; entries (B,) tensors or numbers."""
+    """Batched homogeneous matrices [[a, b, c], [d, e, f], [0, 0, 1]], (B, 3, 3); entries (B,)
+    tensors or numbers."""
     ref = next(v for v in (a, b, c, d, e, f) if torch.is_tensor(v))
     vals = [
         v if torch.is_tensor(v) else torch.full_like(ref, v) for v in (a, b, c, d, e, f, 0, 0, 1)
@@ -483,9 +483,8 @@ def augment_fp32(x, p):
         G = scale2d(2 * ones, 2 * ones) @ G @ scale2d(0.5 * ones, 0.5 * ones)
         G = translate2d(-0.5 * ones, -0.5 * ones) @ G @ translate2d(0.5 * ones, 0.5 * ones)
         shape = [B, C, (H + pad * 2) * 2, (W + pad * 2) * 2]
-        G = (
-            scale2d(2 / y.shape[3] * ones, 2 / y.shape[2] * ones) @ G
-        )  # pixels -> [-1, 1] for affine_grid
+        # pixels -> [-1, 1] for affine_grid
+        G = scale2d(2 / y.shape[3] * ones, 2 / y.shape[2] * ones) @ G
         G = G @ scale2d(shape[3] / 2 * ones, shape[2] / 2 * ones)
         grid = F.affine_grid(G[:, :2, :], shape, align_corners=False)
         y = F.grid_sample(y, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
@@ -500,9 +499,8 @@ def augment_fp32(x, p):
     i = coin(torch.floor(torch.rand(B, device=dev) * 2), zeros)
     luma = I3 - 2 * vv * i[:, None, None]  # Householder reflection
     theta = coin((torch.rand(B, device=dev) * 2 - 1) * math.pi, zeros)[:, None, None]
-    K = (
-        torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=dev) * 3**-0.5
-    )  # cross-product matrix of v
+    # the cross-product matrix of v
+    K = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=dev) * 3**-0.5
     hue = torch.cos(theta) * I3 + torch.sin(theta) * K + (1 - torch.cos(theta)) * vv  # Rodrigues
     s = coin(torch.exp2(torch.randn(B, device=dev)), ones)
     sat = vv + (I3 - vv) * s[:, None, None]
@@ -514,7 +512,8 @@ def augment_fp32(x, p):
 
 def ada_update(p, r_t, n_img, target=0.6, ada_kimg=500):
     """ADA sec. 3: p moves by sign(r_t - target) * n_img / (ada_kimg * 1000), so it could go from
-    0 to 1 in ada_kimg thousand images; r_t = E[sign(D(x_real))] over the images since the last update."""
+    0 to 1 in ada_kimg thousand images; r_t = E[sign(D(x_real))] over the images since the last
+    update."""
     return (p + torch.sign(r_t - target) * n_img / (ada_kimg * 1000)).clamp(0, 1)
 
 
@@ -547,15 +546,33 @@ def path_length_penalty(img, ws, pl_mean, decay=0.01):
     Returns (penalty (B,), the updated running mean, detached)."""
     noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
     (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)
-    lengths = (
-        grad.square().sum(2).mean(1).sqrt()
-    )  # (B,): per style, averaged over the num_ws styles
+    lengths = grad.square().sum(2).mean(1).sqrt()  # (B,): per style, mean over the num_ws styles
     pl_mean = pl_mean.lerp(lengths.mean(), decay)
     return (lengths - pl_mean).square(), pl_mean.detach()
 
 
+# --- training -----------------------------------------------------------------------------------
+
+R1_INTERVAL = 16  # lazy R1: one regularisation step every 16 D steps (StyleGAN2 sec. 3.1)
+PL_INTERVAL = 4  # lazy path length: every 4 G steps (StyleGAN2 sec. 3.2)
+ADA_INTERVAL = 4  # p is adjusted every 4 steps (ADA sec. 3)
+
+
+def ema_beta(batch, ema_kimg):
+    """Per-step decay whose half-life is ema_kimg thousand images."""
+    return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
+
+
+@torch.no_grad()
+def update_ema(G_ema, G, beta):
+    """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (BN statistics) are copied."""
+    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
+    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
+        b_ema.copy_(b)
+
+
 def all_reduce_grads(module):
-    """Average gradients over processes (in place of DDP: see the docstring)."""
+    """Average gradients over processes, in place of DDP (why: the module docstring)."""
     params = [p for p in module.parameters() if p.grad is not None]
     if not dist.is_initialized() or not params:
         return
@@ -566,33 +583,152 @@ def all_reduce_grads(module):
         p.grad.copy_(g.view_as(p))
 
 
-# --- EMA, sampling ------------------------------------------------------------------------------
+def train(args):
+    check_res(args.res)
+    run = Run(args)  # device, precision, seed, --resume: the plumbing block below
+    args, device = run.args, run.device
+    data = load_images(args.data, args.res, verbose=run.rank == 0)
+    batches = Batches(
+        data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
+    )
+    classes = len(data.classes) if len(data.classes) > 1 else 0  # labelled data: conditional
+    args.z_dim = args.z_dim or args.w_dim
+    if args.r1_gamma is None:  # the official 'auto' config
+        args.r1_gamma = 0.0002 * args.res**2 / args.batch
+
+    G = Generator(
+        args.res, args.z_dim, args.w_dim, classes, args.cbase, args.cmax, args.map_layers
+    ).to(device)
+    D = Discriminator(
+        args.res, classes, args.cbase, args.cmax, args.map_layers, args.mbstd_group
+    ).to(device)
+    if run.world > 1:  # every rank starts from rank 0's weights (what DDP would do)
+        for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
+            dist.broadcast(t.data, 0)
+    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
+    # lazy regularisation takes every k-th step on its own: lr * k/(k+1), beta ** (k/(k+1))
+    # (StyleGAN2 appendix B)
+    r_G, r_D = PL_INTERVAL / (PL_INTERVAL + 1), R1_INTERVAL / (R1_INTERVAL + 1)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g * r_G, betas=(0.0, 0.99**r_G), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d * r_D, betas=(0.0, 0.99**r_D), eps=1e-8)
+    ada_p = torch.tensor(args.p if args.aug == "fixed" else 0.0, device=device)
+    ada_signs = torch.zeros(2, device=device)  # sum of sign(D(x_real)), count since the p update
+    pl_mean = torch.zeros((), device=device)  # the path length target a (StyleGAN2 eq. 4)
+    run.track(
+        classes=data.classes,
+        G=G,
+        D=D,
+        G_ema=G_ema,
+        opt_G=opt_G,
+        opt_D=opt_D,
+        loader=batches,
+        ada_p=ada_p,
+        ada_signs=ada_signs,
+        pl_mean=pl_mean,
+    )
+    scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
+    # torch.compile with --compile; no DDP wrapper: all_reduce_grads averages the gradients.
+    # R1 and path length below always use the eager G and D (double backward).
+    G_train, D_train = run.wrap(G, D, ddp=False)
+    r1_last, pl_last = torch.zeros((), device=device), torch.zeros((), device=device)
+    z_fixed = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed))
+    z_fixed = z_fixed.to(device)
+    y_fixed = (torch.arange(64) % classes).to(device) if classes else None
+
+    def aug(x):  # ADA: every image D sees, real or fake, in D, G and R1 steps (ADA sec. 2.3)
+        return augment(x, ada_p) if args.aug != "none" else x
+
+    about = f"{len(data.labels)} images"
+    about += f", {classes} classes (conditional)" if classes else ""
+    about += f" | aug {args.aug} | r1_gamma {args.r1_gamma:.4g}"
+    for step in run.steps(grid=lambda: G_ema(z_fixed, y_fixed), about=about):
+        x_real, y = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,)
+        y = y if classes else None
+        x_real = x_real.contiguous(memory_format=run.layout)
+        z = torch.randn(x_real.shape[0], args.z_dim, device=device)
+
+        # (1) update D: minimise softplus(D(aug(G(z)))) + softplus(-D(aug(x))), the logistic
+        # loss (StyleGAN2 sec. 3), on augmented reals and fakes (ADA sec. 2.3)
+        with torch.no_grad(), run.autocast:
+            x_fake = G_train(z, y, mix_prob=args.style_mixing)
+        with run.autocast:
+            logits_real, logits_fake = D_train(aug(x_real), y), D_train(aug(x_fake), y)
+            loss_D = loss_d(logits_real.float(), logits_fake.float())
+        opt_D.zero_grad(set_to_none=True)
+        scaler_D.scale(loss_D).backward()
+        all_reduce_grads(D)
+        scaler_D.step(opt_D)
+        scaler_D.update()
+        ada_signs[0] += logits_real.detach().sign().sum()
+        ada_signs[1] += len(logits_real)
+
+        # (2) lazy R1 on D: minimise gamma/2 E||grad_x D(aug(x))||^2, scaled by the interval
+        # (StyleGAN2 sec. 3.1)
+        if step % R1_INTERVAL == 0 and args.r1_gamma > 0:
+            penalty, _ = r1_penalty(D, x_real.float(), y, aug)
+            opt_D.zero_grad(set_to_none=True)
+            (penalty.mean() * (args.r1_gamma / 2) * R1_INTERVAL).backward()
+            all_reduce_grads(D)
+            opt_D.step()
+            r1_last = penalty.detach().mean()
+
+        # (3) update G: minimise softplus(-D(aug(G(z)))), a fresh z, D frozen (StyleGAN2 sec. 3)
+        D.requires_grad_(False)
+        with run.autocast:
+            x_fake = G_train(torch.randn_like(z), y, mix_prob=args.style_mixing)
+            loss_G = loss_g(D_train(aug(x_fake), y).float())
+        opt_G.zero_grad(set_to_none=True)
+        scaler_G.scale(loss_G).backward()
+        all_reduce_grads(G)
+        scaler_G.step(opt_G)
+        scaler_G.update()
+
+        # (4) lazy path length on G: minimise E(||J_w^T y|| - a)^2 on half the batch (official
+        # pl_batch_shrink 2), scaled by the interval (StyleGAN2 sec. 3.2, eq. 4)
+        if step % PL_INTERVAL == 0 and args.pl_weight > 0:
+            n = max(1, z.shape[0] // 2)
+            y_pl = None if y is None else y[:n]
+            img, ws = G(torch.randn_like(z[:n]), y_pl, mix_prob=args.style_mixing, return_ws=True)
+            penalty, a = path_length_penalty(img, ws, pl_mean)
+            pl_mean.copy_(a)
+            opt_G.zero_grad(set_to_none=True)
+            (penalty.mean() * args.pl_weight * PL_INTERVAL).backward()
+            all_reduce_grads(G)
+            opt_G.step()
+            pl_last = penalty.detach().mean()
+        D.requires_grad_(True)
+
+        ema_kimg = min(args.ema_kimg, step * args.batch / 1000 * args.ema_rampup)  # ramp-up
+        update_ema(G_ema, G, ema_beta(args.batch, ema_kimg))
+
+        # (5) ADA: every 4 steps, p += sign(r_t - target) * images / (ada_kimg * 1000), r_t the
+        # mean sign of D's real logits since the last update, over all processes (ADA sec. 3)
+        if args.aug == "ada" and (step + 1) % ADA_INTERVAL == 0:
+            signs = ada_signs.clone()
+            if dist.is_initialized():
+                dist.all_reduce(signs)
+            r_t = signs[0] / signs[1]
+            n_img = args.batch * ADA_INTERVAL
+            ada_p.copy_(ada_update(ada_p, r_t, n_img, args.ada_target, args.ada_kimg))
+            ada_signs.zero_()
+
+        # r1, pl (the last penalties), pl_mean and p are logged every step too, so the log line
+        # shows their means over the log interval
+        run.log(
+            loss_D=loss_D,
+            loss_G=loss_G,
+            d_real=logits_real.mean(),
+            d_fake=logits_fake.mean(),
+            r_t=logits_real.sign().mean(),
+            r1=r1_last,
+            pl=pl_last,
+            pl_mean=pl_mean,
+            p=ada_p,
+        )
+    return G_ema
 
 
-def ema_beta(batch, ema_kimg):
-    """Per-step decay whose half-life is ema_kimg thousand images."""
-    return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
-
-
-@torch.no_grad()
-def update_ema(G_ema, G, beta):
-    """Parameters: G_ema <- beta * G_ema + (1 - beta) * G. Buffers (BatchNorm statistics): copied."""
-    torch._foreach_lerp_(list(G_ema.parameters()), list(G.parameters()), 1.0 - beta)
-    for b_ema, b in zip(G_ema.buffers(), G.buffers()):
-        b_ema.copy_(b)
-
-
-def load_checkpoint(path, device="cpu"):
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}")
-    try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("model") != MODEL:
-        found = ckpt.get("model") if isinstance(ckpt, dict) else None
-        raise UserError(f"{path} is not a {MODEL} checkpoint (model: {found})")
-    return ckpt
+# --- sampling -----------------------------------------------------------------------------------
 
 
 def load_generator(path, device="cpu"):
@@ -608,73 +744,72 @@ def load_generator(path, device="cpu"):
     return G.eval().requires_grad_(False)
 
 
-def latents(G, n, seed, y=None):
-    """Seeded z (n, z_dim) and labels: y, else arange(n) % classes for a conditional G, else None."""
+def class_index(classes, name):
+    """--class NAME or INDEX -> the class's index in this checkpoint's classes."""
+    if name in classes:
+        return classes.index(name)
+    if name.isdigit() and int(name) < len(classes):
+        return int(name)
+    raise UserError(f"--class {name}: not one of this checkpoint's classes: {', '.join(classes)}")
+
+
+def labels(G, n, y=None):
+    """(n,) labels for a conditional G: y (an int or (n,) labels), else the classes in turn,
+    arange(n) % classes. An unconditional G gets None."""
+    if not G.c_dim:
+        return None
+    if y is None:
+        return torch.arange(n) % G.c_dim
+    return torch.as_tensor(y, dtype=torch.long).expand(n).clone()
+
+
+def ws_for(G, z, y, truncation):
+    """Styles (B, num_ws, w_dim) on G's device, truncated towards w_avg with psi = truncation on
+    the first G.truncation_cutoff styles (StyleGAN sec. 5.2)."""
+    device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
+    y = None if y is None else y.to(device)
+    return G.mapping(z.to(device), y, psi, getattr(G, "truncation_cutoff", None))
+
+
+@torch.no_grad()
+def generate(G, n, seed=0, truncation=None, y=None):
+    """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
+    truncation: psi in W (w = w_avg + psi (w - w_avg)) on the first G.truncation_cutoff styles.
+    y: an int class index or (n,) labels; None: the classes in turn. Unconditional G: ignored."""
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    if G.c_dim and y is None:
-        y = torch.arange(n) % G.c_dim
-    return z, (y if G.c_dim else None)
+    y, images = labels(G, n, y), []
+    for i in range(0, n, 256):
+        ws = ws_for(G, z[i : i + 256], None if y is None else y[i : i + 256], truncation)
+        images.append(G.synthesis(ws).float().clamp(-1, 1).cpu())
+    return torch.cat(images)
 
 
 @torch.no_grad()
-def generate(G, n, seed=0, truncation=None, y=None, batch=256):
-    """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; same seed, same images.
-    truncation is psi (w = w_avg + psi (w - w_avg)) on the first G.truncation_cutoff styles."""
-    z, y = latents(G, n, seed, y)
-    device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
-    cutoff = getattr(G, "truncation_cutoff", None)
-    return torch.cat(
-        [
-            G(
-                z[i : i + batch].to(device),
-                None if y is None else y[i : i + batch].to(device),
-                psi,
-                cutoff,
-            )
-            .float()
-            .clamp(-1, 1)
-            .cpu()
-            for i in range(0, n, batch)
-        ]
-    )
-
-
-@torch.no_grad()
-def interpolation_frames(G, n, seed=0, truncation=None, keys=4, steps=16):
+def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16):
     """Frames of n images, each moving linearly in W (the space the paper measures path lengths
-    in, StyleGAN sec. 4.2) through `keys` latents and back; a conditional G keeps each column's class."""
-    z, _ = latents(G, n * keys, seed)
-    y = (torch.arange(n) % G.c_dim).repeat(keys).to(z.device) if G.c_dim else None
-    device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
-    ws = G.mapping(
-        z.to(device),
-        None if y is None else y.to(device),
-        psi,
-        getattr(G, "truncation_cutoff", None),
-    )
+    in, StyleGAN sec. 4.2) through `keys` latents and back; each image keeps its class (y as in
+    generate())."""
+    z = torch.randn(n * keys, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    y = labels(G, n, y)
+    ws = ws_for(G, z, None if y is None else y.repeat(keys), truncation)
     ws, frames = ws.view(keys, n, G.num_ws, -1), []
     for k in range(keys):
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
-            frames.append(
-                make_grid(G.synthesis(ws[k].lerp(ws[(k + 1) % keys], t.item())).float().cpu())
-            )
+            w = ws[k].lerp(ws[(k + 1) % keys], t.item())
+            frames.append(make_grid(G.synthesis(w).float().cpu()))
     return frames
 
 
 @torch.no_grad()
-def style_mixing_grid(G, n, seed=0, truncation=None, coarse=4):
+def style_mixing_grid(G, n, seed=0, truncation=None, y=None, coarse=4):
     """StyleGAN fig. 3: the top row and left column are sources B and A; cell (i, j) takes A_i's
-    styles except the first `coarse` (the 4x4 and 8x8 layers: pose, face shape), which come from B_j."""
-    z, y = latents(G, 2 * n, seed)
-    device, psi = next(G.parameters()).device, 1.0 if truncation is None else truncation
-    ws = G.mapping(
-        z.to(device),
-        None if y is None else y.to(device),
-        psi,
-        getattr(G, "truncation_cutoff", None),
-    )
+    styles except the first `coarse` (the 4x4 and 8x8 layers: pose, face shape), which come from
+    B_j. y as in generate(), for the 2n sources."""
+    z = torch.randn(2 * n, G.z_dim, generator=torch.Generator().manual_seed(seed))
+    ws = ws_for(G, z, labels(G, 2 * n, y), truncation)
     wa, wb = ws[:n], ws[n:]
-    rows = [torch.cat([torch.ones(1, 3, G.res, G.res, device=device), G.synthesis(wb)])]
+    corner = torch.ones(1, 3, G.res, G.res, device=ws.device)
+    rows = [torch.cat([corner, G.synthesis(wb)])]
     for i in range(n):
         mixed = wa[i : i + 1].repeat(n, 1, 1)
         mixed[:, :coarse] = wb[:, :coarse]
@@ -682,109 +817,251 @@ def style_mixing_grid(G, n, seed=0, truncation=None, coarse=4):
     return torch.cat(rows).float().clamp(-1, 1).cpu()
 
 
-# --- training skeleton --------------------------------------------------------------------------
+def sample(args):
+    G = load_generator(args.sample, setup_device(args.device)[0])
+    G.truncation_cutoff = args.truncation_cutoff
+    tag, y = f"seed{args.seed}", None
+    if args.class_name is not None:
+        y = class_index(G.classes, args.class_name)
+        tag += f"_{G.classes[y]}"
+    tag += f"_psi{args.truncation:g}" if args.truncation is not None else ""
+    tag += f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else ""
+    folder = os.path.dirname(args.sample)
+    if args.interp:
+        frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)
+        path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
+    elif args.mixing:  # sqrt(n) sources per side
+        k = max(1, math.isqrt(args.n))
+        grid = style_mixing_grid(G, k, args.seed, args.truncation, y)
+        path = save_grid(grid, os.path.join(folder, f"mixing_{tag}.png"), nrow=k + 1)
+    else:
+        images = generate(G, args.n, args.seed, args.truncation, y)
+        path = save_grid(images, os.path.join(folder, f"samples_{tag}.png"))
+    print(path)
 
 
-def is_cuda(device):
-    """Every line below that runs only on a CUDA GPU asks this first (tests fake CUDA through it)."""
+# --- plumbing: the same in every model file (a test checks); skip it on a first read -------------
+
+
+class Run:
+    """Device, precision, DDP, seeding and resume; `for step in run.steps(grid, about)` yields each
+    step, then logs, writes grids and checkpoints, saves on Ctrl-C, and stops on NaN/inf."""
+
+    def __init__(self, args):
+        self.args, self.ckpt = start_or_resume(args)
+        self.device, self.rank, self.world = setup_device(self.args.device)
+        self.say = print if self.rank == 0 else (lambda *text, **kw: None)
+        bf16 = is_cuda(self.device) and torch.cuda.is_bf16_supported()  # auto: bf16 if it can
+        self.precision = self.args.precision.replace("auto", "bf16" if bf16 else "fp32")
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
+        self.autocast = torch.autocast(self.device.type, dtype, enabled=dtype is not None)
+        # channels_last: convolutions on tensor cores without layout transposes
+        self.layout = torch.channels_last if is_cuda(self.device) else torch.contiguous_format
+        # one GradScaler per optimizer: fp16 needs loss scaling, bf16 and fp32 do not
+        fp16 = self.precision == "fp16"
+        self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        self.scaler_D = torch.amp.GradScaler(self.device.type, enabled=fp16)
+        if self.args.batch % self.world:
+            raise UserError(f"--batch {self.args.batch} must divide by {self.world} processes")
+        torch.manual_seed(self.args.seed + self.rank)
+        self.step, self.state, self.sums, self.n, self.signum = 0, {}, {}, 0, None
+
+    def track(self, **state):
+        """What a checkpoint holds besides args, step and RNG: objects with a state_dict, tensors,
+        and values that must match on resume (class names, given first). --resume loads them."""
+        self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
+        ckpt = self.ckpt or {}
+        for k, v in self.state.items() if ckpt else ():
+            if hasattr(v, "load_state_dict"):
+                v.load_state_dict(ckpt[k])
+            elif torch.is_tensor(v):
+                v.copy_(ckpt[k])
+            elif v != ckpt[k]:
+                raise UserError(f"this run's {k} are {v}; {self.args.out} was trained on {ckpt[k]}")
+        if ckpt:
+            self.step = ckpt["step"]
+            self.say(f"resuming {self.args.out}/ckpt.pt at step {self.step}/{self.args.steps}")
+        if ckpt and len(ckpt["rng"]) == self.world:  # another number of processes: new noise
+            torch.set_rng_state(ckpt["rng"][self.rank]["cpu"].cpu())
+            if is_cuda(self.device) and "cuda" in ckpt["rng"][self.rank]:
+                torch.cuda.set_rng_state(ckpt["rng"][self.rank]["cuda"].cpu(), self.device)
+        for m in state.values():
+            if isinstance(m, nn.Module):
+                m.to(memory_format=self.layout)
+
+    def wrap(self, *models, ddp=True):  # the modules as the step calls them
+        models = [DDP(m) if ddp and self.world > 1 else m for m in models]
+        return [torch.compile(m) if self.args.compile else m for m in models]
+
+    def log(self, **values):  # summed on the device: nothing syncs until the log line
+        for k, v in values.items():
+            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
+        self.n += 1
+
+    def steps(self, grid, about):
+        a, out = self.args, self.args.out
+        params = " ".join(
+            f"{k} {sum(p.numel() for p in self.state[k].parameters()) / 1e6:.2f}M" for k in "GD"
+        )
+        self.say(
+            f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | {params} params | {self.device}"
+            f" {self.precision} | batch {a.batch} on {self.world} process(es) | out {out}"
+        )
+        os.makedirs(f"{out}/samples", exist_ok=True)
+        main = threading.current_thread() is threading.main_thread()  # handlers only there
+        old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM) if main}
+        t_log, step_log = time.time(), self.step
+        try:
+            while self.step < a.steps:
+                yield self.step
+                self.step = step = self.step + 1
+                if step % a.log_every == 0 or step == a.steps:
+                    self.check_finite()  # the GPU syncs here, on log steps only
+                    means = torch.stack([*self.sums.values()]).div(self.n).tolist()
+                    rec = dict(step=step, steps=a.steps, kimg=step * a.batch / 1000)
+                    rec |= zip(self.sums, means)
+                    rec["img_s"] = (step - step_log) * a.batch / max(time.time() - t_log, 1e-9)
+                    if is_cuda(self.device):
+                        rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+                    rec["eta_s"] = (a.steps - step) * a.batch / max(rec["img_s"], 1e-9)
+                    self.sums, self.n = {}, 0
+                    self.say(log_line(rec), flush=True)
+                    if self.rank == 0:
+                        with open(f"{out}/log.jsonl", "a") as f:
+                            f.write(json.dumps(dict(rec, time=time.time())) + "\n")
+                    t_log, step_log = time.time(), step
+                t_pause = time.time()  # grids and checkpoints are left out of img/s
+                if sample_due(step, a) and self.rank == 0:
+                    with torch.no_grad():
+                        save_samples(out, step, grid())
+                if (self.world == 1 or step % 10 == 0) and any_rank(self.signum, self.device):
+                    self.save()
+                    self.say(f"stopped at step {step}: saved {out}/ckpt.pt; continue with --resume")
+                    raise SystemExit(130 if self.signum == signal.SIGINT else 143)
+                if step % a.ckpt_every == 0 or step == a.steps:
+                    self.save()
+                t_log += time.time() - t_pause
+        finally:
+            for s, handler in old.items():
+                signal.signal(s, handler)
+            if dist.is_initialized():
+                dist.destroy_process_group()
+        self.say(f"done: {out}/ckpt.pt, samples in {out}/samples, loss curve {out}/loss.png")
+
+    def on_signal(self, signum, frame):
+        if self.signum is not None:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def check_finite(self):  # losses since the last log line and all weights, on every rank
+        nets = [m for m in self.state.values() if isinstance(m, nn.Module)]
+        tensors = [*self.sums.values(), *(p for m in nets for p in m.parameters())]
+        ok = torch.stack([t.isfinite().all() for t in tensors]).all().item()
+        path = f"{self.args.out}/ckpt.pt"
+        kept = f"the last good checkpoint is {path}" if os.path.exists(path) else "none was saved"
+        if any_rank(not ok, self.device):
+            why = f"loss or weights became NaN/inf by step {self.step}"
+            raise UserError(f"{why}; stopped without saving ({kept})")
+
+    def save(self):  # all ranks give their RNG state; rank 0 writes a temporary file, renamed
+        self.check_finite()
+        rng = {"cpu": torch.get_rng_state()}
+        if is_cuda(self.device):
+            rng["cuda"] = torch.cuda.get_rng_state(self.device).cpu()
+        rngs = [rng] * self.world
+        if dist.is_initialized():
+            dist.all_gather_object(rngs, rng)
+        ckpt = dict(model=MODEL, args=vars(self.args), step=self.step, rng=rngs)
+        for k, v in self.state.items():
+            ckpt[k] = v.state_dict() if hasattr(v, "state_dict") else v
+        path = f"{self.args.out}/ckpt.pt"
+        if self.rank == 0:
+            with open(path + ".tmp", "wb") as f:
+                torch.save(ckpt, f)
+                os.fsync(f.fileno())
+            os.replace(path + ".tmp", path)
+
+
+def is_cuda(device):  # every CUDA-only line asks this first (tests fake CUDA through it)
     return device.type == "cuda"
 
 
 def setup_device(name):
-    """--device auto -> cuda, else mps, else cpu. `cuda` is this process's GPU: cuda:LOCAL_RANK
-    under torchrun, else cuda:0. Under torchrun, also start DDP. Returns (device, rank, world_size)."""
+    """auto: cuda, else mps, else cpu. cuda: cuda:LOCAL_RANK under torchrun (with DDP), else 0."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank = int(os.environ.get("LOCAL_RANK", 0))
+    local_rank, msg = int(os.environ.get("LOCAL_RANK", 0)), f"--device {name}:"
     if name == "auto":
-        name = (
-            "cuda"
-            if torch.cuda.is_available()
-            else "mps"
-            if torch.backends.mps.is_available()
-            else "cpu"
-        )
+        name = "mps" if torch.backends.mps.is_available() else "cpu"
+        name = "cuda" if torch.cuda.is_available() else name
     try:
         device = torch.device(name)
     except RuntimeError:
-        raise UserError(
-            f"--device {name}: unknown device (use auto, cpu, cuda, cuda:N or mps)"
-        ) from None
+        raise UserError(f"{msg} unknown device (use auto, cpu, cuda, cuda:N or mps)") from None
     if device.type == "mps" and not torch.backends.mps.is_available():
-        raise UserError(f"--device {name}: this machine has no MPS (Apple GPU) backend")
+        raise UserError(f"{msg} this machine has no MPS (Apple GPU) backend")
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise UserError(
-                f"--device {name}: this machine has no CUDA GPU (or torch was built without CUDA)"
-            )
+            raise UserError(f"{msg} this machine has no CUDA GPU (or torch was built without CUDA)")
         if world > 1 and device.index not in (None, local_rank):
-            raise UserError(
-                f"--device {name}: under torchrun each process uses cuda:LOCAL_RANK; pass --device cuda"
-            )
-        index = local_rank if world > 1 else device.index or 0
-        if index >= torch.cuda.device_count():
-            raise UserError(
-                f"--device {name}: cuda:{index} does not exist ({torch.cuda.device_count()} GPU(s))"
-            )
+            raise UserError(f"{msg} under torchrun each process uses cuda:LOCAL_RANK; use cuda")
+        index, count = local_rank if world > 1 else device.index or 0, torch.cuda.device_count()
+        if index >= count:
+            raise UserError(f"{msg} cuda:{index} does not exist ({count} GPU(s))")
         device = torch.device("cuda", index)
         torch.cuda.set_device(device)
         torch.set_float32_matmul_precision("high")  # TF32 matmuls
         torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
         torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
     if world > 1 and not dist.is_initialized():
-        if device.type == "cuda":
-            dist.init_process_group("nccl", device_id=device)
-        else:
-            dist.init_process_group("gloo")
+        nccl = device.type == "cuda"
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
     return device, rank, world
 
 
-def setup_precision(name, device):
-    """auto -> bf16 autocast on CUDA where supported, else fp32. Returns (name, autocast dtype)."""
-    if name == "auto":
-        name = "bf16" if is_cuda(device) and torch.cuda.is_bf16_supported() else "fp32"
-    return name, {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+# typed with --resume, these take the new value; every other argument must match the run's
+RESUMABLE = "data steps device compile log_every sample_every ckpt_every".split()
 
 
-def memory_format(device):
-    """channels_last on CUDA (faster convolutions with tensor cores), the default layout elsewhere."""
-    return torch.channels_last if is_cuda(device) else torch.contiguous_format
+def start_or_resume(args):
+    """Refuse to overwrite a run. With --resume, the arguments come from the checkpoint except
+    --out and the RESUMABLE ones typed on the command line (args.typed, from parse_args)."""
+    typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
+    if os.path.exists(path) and not args.resume:
+        raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if not args.resume:
+        return args, None
+    ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
+    saved, can = ckpt["args"], ", ".join(map(flag, RESUMABLE))
+    for k in sorted(typed - set(RESUMABLE)):
+        if k in saved and getattr(args, k) != saved[k]:
+            was = f"differs from the run's {saved[k]}; on --resume only {can} can change"
+            raise UserError(f"{flag(k)} {getattr(args, k)} {was}")
+    kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
+    given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
+    kept_text = ", ".join(f"{k}={v}" for k, v in kept.items())
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
+    return argparse.Namespace(**(vars(args) | kept)), ckpt
 
 
-def peak_memory_gb(device):
-    """Peak GPU memory allocated so far, in GiB; None off CUDA."""
-    return torch.cuda.max_memory_allocated(device) / 2**30 if is_cuda(device) else None
+def load_checkpoint(path, device="cpu"):
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    found = ckpt.get("model") if isinstance(ckpt, dict) else None
+    if found != MODEL:
+        raise UserError(f"{path} is not a {MODEL} checkpoint (model: {found})")
+    return ckpt
 
 
-def any_rank(flag, device):
-    """True on every rank when `flag` is true on any rank; all ranks must call it together."""
-    if not dist.is_initialized():
-        return bool(flag)
-    t = torch.tensor(float(flag), device=device)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+def any_rank(flag, device):  # all ranks call it together
+    t = torch.tensor(float(bool(flag)), device=device)
+    if dist.is_initialized():
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
-
-
-def rng_states(device):
-    """This process's RNG states, gathered from every rank (index = rank)."""
-    state = {"cpu": torch.get_rng_state()}
-    if is_cuda(device):
-        state["cuda"] = torch.cuda.get_rng_state(device)
-    if not dist.is_initialized():
-        return [state]
-    states = [None] * dist.get_world_size()
-    dist.all_gather_object(states, {k: v.cpu() for k, v in state.items()})
-    return states
-
-
-def set_rng_states(states, rank, device):
-    if len(states) != int(os.environ.get("WORLD_SIZE", 1)):
-        print(
-            f"note: checkpoint has RNG states for {len(states)} process(es); noise after resume differs"
-        )
-        return
-    torch.set_rng_state(states[rank]["cpu"].cpu())
-    if is_cuda(device) and "cuda" in states[rank]:
-        torch.cuda.set_rng_state(states[rank]["cuda"].cpu(), device)
 
 
 def sample_due(step, args):
@@ -795,561 +1072,120 @@ def sample_due(step, args):
     return step % args.sample_every == 0 or step == args.steps or early
 
 
-def save_checkpoint(path, ckpt):
-    """Atomic: write a temporary file, then rename over the old checkpoint."""
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as f:
-        torch.save(ckpt, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def finite(meter, *models):
-    """Losses since the last log and all weights are finite, on every rank (syncs the GPU)."""
-    tensors = list(meter.sums.values()) + [p for m in models for p in m.parameters()]
-    ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all().item()
-    return not any_rank(not ok, tensors[-1].device)
-
-
-class Meter:
-    """Running sums of detached scalars, kept on the device so nothing syncs until `means()`."""
-
-    def __init__(self):
-        self.sums, self.n = {}, 0
-
-    def add(self, **values):
-        for k, v in values.items():
-            self.sums[k] = self.sums.get(k, 0.0) + v.detach().float()
-        self.n += 1
-
-    def means(self):
-        keys = list(self.sums)
-        vals = (
-            torch.stack([self.sums[k] for k in keys]).div(max(self.n, 1)).tolist() if keys else []
-        )
-        self.sums, self.n = {}, 0
-        return dict(zip(keys, vals))
-
-
 def log_line(rec):
     """step 1200/50000 | kimg 76.8 | loss_D 1.213 | ... | 512 img/s | 1.9 GB | eta 2h41m"""
+    h, m = divmod(int(rec["eta_s"]) // 60, 60)
     skip = ("step", "steps", "kimg", "img_s", "mem_gb", "eta_s", "time")
     parts = [f"step {rec['step']}/{rec['steps']}", f"kimg {rec['kimg']:.1f}"]
     parts += [f"{k} {v:.4g}" for k, v in rec.items() if k not in skip]
-    parts += [f"{rec['img_s']:.0f} img/s"] + (
-        [f"{rec['mem_gb']:.2f} GB"] if rec.get("mem_gb") is not None else []
-    )
-    h, m = divmod(int(rec["eta_s"]) // 60, 60)
+    parts += [f"{rec['img_s']:.0f} img/s"]
+    parts += [f"{rec['mem_gb']:.2f} GB"] if "mem_gb" in rec else []
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-RESUME_FROM_COMMAND_LINE = (
-    "data",
-    "steps",
-    "device",
-    "compile",
-    "log_every",
-    "sample_every",
-    "ckpt_every",
-)
-
-
-def start_or_resume(args):
-    """Refuse to overwrite a run. On --resume every argument comes from the checkpoint except --out
-    and those in RESUME_FROM_COMMAND_LINE typed on the command line; typing any other argument with
-    a value other than the run's is an error (a plain --resume continues the same run)."""
-    typed = set(vars(args).pop("typed", ())) - {"out", "resume"}
-    path = os.path.join(args.out, "ckpt.pt")
-    if not args.resume:
-        if os.path.exists(path):
-            raise UserError(
-                f"{path} exists: pass --resume to continue that run, or choose another --out"
-            )
-        return args, None
-    ckpt = load_checkpoint(path)
-    saved = ckpt["args"]
-    fixed = [
-        k
-        for k in sorted(typed - set(RESUME_FROM_COMMAND_LINE))
-        if k in saved and getattr(args, k) != saved[k]
-    ]
-    if fixed:
-        k = fixed[0]
-        raise UserError(
-            f"--{k.replace('_', '-')} {getattr(args, k)} differs from the run's {saved[k]}; on --resume "
-            f"only {', '.join('--' + a.replace('_', '-') for a in RESUME_FROM_COMMAND_LINE)} can change"
-        )
-    kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
-    if int(os.environ.get("RANK", 0)) == 0:
-        given = ", ".join(f"{k}={getattr(args, k)}" for k in sorted(typed)) or "nothing"
-        print(
-            f"resume: from the command line: {given}; from the checkpoint: "
-            + ", ".join(f"{k}={v}" for k, v in kept.items())
-        )
-    return argparse.Namespace(**(vars(args) | kept)), ckpt
-
-
-class StopFlag:
-    """Ctrl-C / SIGTERM ask the loop to save a checkpoint and stop; a second Ctrl-C stops at once."""
-
-    def __init__(self):
-        self.signum = None
-        self.old = {}
+def positive(kind):  # an argparse type: an int or a finite float above 0
+    def parse(text):
         try:
-            for s in (signal.SIGINT, signal.SIGTERM):
-                self.old[s] = signal.signal(s, self.handle)
-        except ValueError:  # not the main thread: no handlers
-            pass
+            value = kind(text)
+        except ValueError:
+            value = 0
+        if not 0 < value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be a {kind.__name__} above 0, got {text!r}")
+        return value
 
-    def handle(self, signum, frame):
-        if self.signum is not None:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def restore(self):
-        for s, h in self.old.items():
-            signal.signal(s, h)
+    return parse
 
 
-def positive_int(text):
-    """argparse type: an integer > 0."""
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value <= 0:
-        raise argparse.ArgumentTypeError(f"must be a whole number above 0, got {text!r}")
-    return value
-
-
-def positive_float(text):
-    """argparse type: a finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = float("nan")
-    if not 0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a number above 0, got {text!r}")
-    return value
+def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+    """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
+    fmt = argparse.ArgumentDefaultsHelpFormatter
+    p = argparse.ArgumentParser(description=about, formatter_class=fmt)
+    add, pos_int, pos = p.add_argument, positive(int), positive(float)
+    add("--data", default="toy", help="image folder (subfolders = classes), .zip, or toy")
+    add("--res", type=int, default=64, help="image resolution (a power of two)")
+    add("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
+    add("--steps", type=pos_int, default=steps, help="training steps (G updates)")
+    add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
+    add("--lr-g", type=pos, default=lr_g, help="G learning rate")
+    add("--lr-d", type=pos, default=lr_d, help="D learning rate")
+    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
+    add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
+    add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
+    add("--compile", action="store_true", help="torch.compile G and D forward passes")
+    add("--resume", action="store_true", help="continue the run in --out")
+    add("--log-every", type=pos_int, default=50, help="steps between log lines")
+    add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
+    add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")
+    add("--flip", action=argparse.BooleanOptionalAction, default=True, help="random x-flips")
+    add("--sample", metavar="CKPT", help="sampling mode: a grid from this checkpoint's G_ema")
+    add("--n", type=pos_int, default=64, help="sampling: number of images")
+    add("--truncation", type=truncation_type or pos, help=f"sampling: {truncation}")
+    add("--interp", action="store_true", help="sampling: a latent-interpolation GIF")
+    return p
 
 
 def parse_args(parser, argv=None):
-    """Parse argv; a bad value exits with one line. args.typed lists the arguments written on the
-    command line (for --resume), whatever their value."""
+    """A bad value exits with one line. args.typed: the arguments typed, for --resume."""
     parser.error = lambda message: sys.exit(f"{MODEL}: error: {message} (see --help)")
     args = parser.parse_args(argv)
-    # argparse leaves an attribute that the namespace already has, unless it was typed
-    unset = object()
+    unset = object()  # argparse keeps a namespace's attribute unless it was typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
-
-
-# --- training -----------------------------------------------------------------------------------
-
-R1_INTERVAL, PL_INTERVAL, ADA_INTERVAL = (
-    16,
-    4,
-    4,
-)  # lazy regularisation (StyleGAN2 sec. 3.1), ADA sec. 3
-
-
-def train(args):
-    args, ckpt = start_or_resume(args)
-    check_res(args.res)
-    device, rank, world = setup_device(args.device)
-    precision, amp_dtype = setup_precision(args.precision, device)
-    say = print if rank == 0 else (lambda *a, **k: None)
-    if args.batch % world:
-        raise UserError(
-            f"--batch {args.batch} must be divisible by the number of processes ({world})"
-        )
-    torch.manual_seed(args.seed + rank)
-    data = load_images(args.data, args.res, verbose=rank == 0)
-    batches = Batches(data, args.batch // world, device, args.seed, rank, world, args.flip)
-    classes = (
-        len(data.classes) if len(data.classes) > 1 else 0
-    )  # labelled data trains conditionally
-    args.z_dim = args.z_dim or args.w_dim
-    if args.r1_gamma is None:
-        args.r1_gamma = 0.0002 * args.res**2 / args.batch
-
-    G = Generator(
-        args.res, args.z_dim, args.w_dim, classes, args.cbase, args.cmax, args.map_layers
-    ).to(device)
-    D = Discriminator(
-        args.res, classes, args.cbase, args.cmax, args.map_layers, args.mbstd_group
-    ).to(device)
-    if world > 1:  # every rank starts from rank 0's weights (what DDP would do)
-        for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
-            dist.broadcast(t.data, 0)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    # lazy regularisation takes every k-th step on its own: lr * k/(k+1), beta ** (k/(k+1)) (StyleGAN2 appendix B)
-    r_G, r_D = PL_INTERVAL / (PL_INTERVAL + 1), R1_INTERVAL / (R1_INTERVAL + 1)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g * r_G, betas=(0.0, 0.99**r_G), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d * r_D, betas=(0.0, 0.99**r_D), eps=1e-8)
-    scaler_G = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    scaler_D = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-    ada_p = torch.tensor(args.p if args.aug == "fixed" else 0.0, device=device)
-    ada_signs = torch.zeros(
-        2, device=device
-    )  # sum of sign(D(x_real)) and count since the last p update
-    pl_mean, r1_last, pl_last = (torch.zeros((), device=device) for _ in range(3))
-    step = 0
-    if ckpt is not None:
-        for name, obj in [
-            ("G", G),
-            ("D", D),
-            ("G_ema", G_ema),
-            ("opt_G", opt_G),
-            ("opt_D", opt_D),
-            ("scaler_G", scaler_G),
-            ("scaler_D", scaler_D),
-            ("loader", batches),
-        ]:
-            obj.load_state_dict(ckpt[name])
-        for name, t in [("ada_p", ada_p), ("ada_signs", ada_signs), ("pl_mean", pl_mean)]:
-            t.copy_(ckpt[name])
-        step = ckpt["step"]
-        set_rng_states(ckpt["rng"], rank, device)
-        say(f"resuming {args.out}/ckpt.pt at step {step}/{args.steps}")
-    layout = memory_format(device)  # channels_last on CUDA
-    G, D, G_ema = (m.to(memory_format=layout) for m in (G, D, G_ema))
-    G_train, D_train = G, D  # R1 and path length below always use the eager G and D
-    if args.compile:
-        G_train, D_train = torch.compile(G_train), torch.compile(D_train)
-    autocast = torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None)
-    aug = (lambda x: augment(x, ada_p)) if args.aug != "none" else (lambda x: x)  # noqa: E731
-    z_fixed = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed)).to(
-        device
-    )
-    y_fixed = (torch.arange(64) % classes).to(device) if classes else None
-    os.makedirs(os.path.join(args.out, "samples"), exist_ok=True)
-    say(
-        f"{MODEL} | {args.data}: {len(data.labels)} images, {args.res}x{args.res}"
-        f"{f', {classes} classes (conditional)' if classes else ''} | "
-        f"G {sum(p.numel() for p in G.parameters()) / 1e6:.2f}M D {sum(p.numel() for p in D.parameters()) / 1e6:.2f}M "
-        f"params | aug {args.aug} | r1_gamma {args.r1_gamma:.4g} | {device} {precision} | batch {args.batch} on "
-        f"{world} process(es) | out {args.out}"
-    )
-
-    def checkpoint():
-        ckpt = {
-            "model": MODEL,
-            "args": vars(args),
-            "step": step,
-            "classes": data.classes,
-            "rng": rng_states(device),
-            "G": G.state_dict(),
-            "D": D.state_dict(),
-            "G_ema": G_ema.state_dict(),
-            "opt_G": opt_G.state_dict(),
-            "opt_D": opt_D.state_dict(),
-            "scaler_G": scaler_G.state_dict(),
-            "scaler_D": scaler_D.state_dict(),
-            "loader": batches.state_dict(),
-            "ada_p": ada_p,
-            "ada_signs": ada_signs,
-            "pl_mean": pl_mean,
-        }
-        if rank == 0:
-            save_checkpoint(os.path.join(args.out, "ckpt.pt"), ckpt)
-
-    def fail_if_not_finite():
-        if not finite(meter, G, D):
-            kept = (
-                f"the last good checkpoint is {args.out}/ckpt.pt"
-                if os.path.exists(os.path.join(args.out, "ckpt.pt"))
-                else "no checkpoint had been written"
-            )
-            raise UserError(
-                f"loss or weights became NaN/inf by step {step}; stopped without saving ({kept})"
-            )
-
-    meter, stop, t_log, step_log = Meter(), StopFlag(), time.time(), step
-    try:
-        while step < args.steps:
-            x_real, y = next(batches)
-            y = y if classes else None
-            x_real = x_real.contiguous(memory_format=layout)
-            z = torch.randn(x_real.shape[0], args.z_dim, device=device)
-            with torch.no_grad(), autocast:
-                x_fake = G_train(z, y, mix_prob=args.style_mixing)
-            with autocast:
-                logits_real, logits_fake = D_train(aug(x_real), y), D_train(aug(x_fake), y)
-                loss_D = loss_d(logits_real.float(), logits_fake.float())
-            opt_D.zero_grad(set_to_none=True)
-            scaler_D.scale(loss_D).backward()
-            all_reduce_grads(D)
-            scaler_D.step(opt_D)
-            scaler_D.update()
-            ada_signs[0] += logits_real.detach().sign().sum()
-            ada_signs[1] += len(logits_real)
-            if step % R1_INTERVAL == 0 and args.r1_gamma > 0:
-                penalty, _ = r1_penalty(D, x_real.float(), y, aug)
-                opt_D.zero_grad(set_to_none=True)
-                (penalty.mean() * (args.r1_gamma / 2) * R1_INTERVAL).backward()
-                all_reduce_grads(D)
-                opt_D.step()
-                r1_last = penalty.detach().mean()
-
-            D.requires_grad_(False)  # G step: no gradients for D's weights
-            with autocast:
-                x_fake = G_train(torch.randn_like(z), y, mix_prob=args.style_mixing)
-                loss_G = loss_g(D_train(aug(x_fake), y).float())
-            opt_G.zero_grad(set_to_none=True)
-            scaler_G.scale(loss_G).backward()
-            all_reduce_grads(G)
-            scaler_G.step(opt_G)
-            scaler_G.update()
-            if step % PL_INTERVAL == 0 and args.pl_weight > 0:
-                n = max(
-                    1, z.shape[0] // 2
-                )  # path length on half the batch (official pl_batch_shrink 2)
-                img, ws = G(
-                    torch.randn_like(z[:n]),
-                    None if y is None else y[:n],
-                    mix_prob=args.style_mixing,
-                    return_ws=True,
-                )
-                penalty, pl_mean = path_length_penalty(img, ws, pl_mean)
-                opt_G.zero_grad(set_to_none=True)
-                (penalty.mean() * args.pl_weight * PL_INTERVAL).backward()
-                all_reduce_grads(G)
-                opt_G.step()
-                pl_last = penalty.detach().mean()
-            D.requires_grad_(True)
-            update_ema(
-                G_ema,
-                G,
-                ema_beta(
-                    args.batch, min(args.ema_kimg, step * args.batch / 1000 * args.ema_rampup)
-                ),
-            )
-            step += 1
-            meter.add(
-                loss_D=loss_D,
-                loss_G=loss_G,
-                d_real=logits_real.mean(),
-                d_fake=logits_fake.mean(),
-                r_t=logits_real.sign().mean(),
-            )
-            if args.aug == "ada" and step % ADA_INTERVAL == 0:
-                signs = ada_signs.clone()
-                if dist.is_initialized():
-                    dist.all_reduce(signs)
-                ada_p.copy_(
-                    ada_update(
-                        ada_p,
-                        signs[0] / signs[1],
-                        args.batch * ADA_INTERVAL,
-                        args.ada_target,
-                        args.ada_kimg,
-                    )
-                )
-                ada_signs.zero_()
-
-            if step % args.log_every == 0 or step == args.steps:
-                fail_if_not_finite()
-                dt, rec = (
-                    time.time() - t_log,
-                    {"step": step, "steps": args.steps, "kimg": step * args.batch / 1000},
-                )
-                rec.update(meter.means())
-                rec.update(
-                    r1=r1_last.item(), pl=pl_last.item(), pl_mean=pl_mean.item(), p=ada_p.item()
-                )
-                rec["img_s"] = (step - step_log) * args.batch / max(dt, 1e-9)
-                rec["mem_gb"] = peak_memory_gb(device)
-                rec["eta_s"] = (args.steps - step) * args.batch / max(rec["img_s"], 1e-9)
-                if rank == 0:
-                    print(log_line(rec), flush=True)
-                    with open(os.path.join(args.out, "log.jsonl"), "a") as f:
-                        f.write(json.dumps(dict(rec, time=time.time())) + "\n")
-                t_log, step_log = time.time(), step
-            t_pause = time.time()  # samples and checkpoints are left out of img/s
-            if sample_due(step, args) and rank == 0:
-                G_ema.eval()
-                with torch.no_grad():
-                    save_grid(
-                        G_ema(z_fixed, y_fixed),
-                        os.path.join(args.out, "samples", f"step_{step:06d}.png"),
-                        nrow=8,
-                    )
-                save_progress_gif(
-                    os.path.join(args.out, "samples"), os.path.join(args.out, "progress.gif")
-                )
-                if os.path.exists(os.path.join(args.out, "log.jsonl")):
-                    plot_losses(
-                        os.path.join(args.out, "log.jsonl"), os.path.join(args.out, "loss.png")
-                    )
-            if (world == 1 or step % 10 == 0) and any_rank(stop.signum is not None, device):
-                fail_if_not_finite()
-                checkpoint()
-                say(f"stopped at step {step}: saved {args.out}/ckpt.pt; continue with --resume")
-                raise SystemExit(130 if stop.signum == signal.SIGINT else 143)
-            if step % args.ckpt_every == 0 or step == args.steps:
-                fail_if_not_finite()
-                checkpoint()
-            t_log += time.time() - t_pause
-    finally:
-        stop.restore()
-        if dist.is_initialized():
-            dist.destroy_process_group()
-    say(f"done: {args.out}/ckpt.pt, samples in {args.out}/samples, loss curve {args.out}/loss.png")
-    return G_ema
-
-
-def sample(args):
-    device, _, _ = setup_device(args.device)
-    G = load_generator(args.sample, device)
-    G.truncation_cutoff = args.truncation_cutoff
-    folder = os.path.dirname(args.sample) or "."
-    tag = (
-        f"seed{args.seed}"
-        + (f"_psi{args.truncation:g}" if args.truncation is not None else "")
-        + (f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else "")
-    )
-    if args.interp:
-        path = save_gif(
-            interpolation_frames(G, args.n, args.seed, args.truncation),
-            os.path.join(folder, f"interp_{tag}.gif"),
-        )
-    elif args.mixing:
-        k = max(1, math.isqrt(args.n))
-        path = save_grid(
-            style_mixing_grid(G, k, args.seed, args.truncation),
-            os.path.join(folder, f"mixing_{tag}.png"),
-            nrow=k + 1,
-        )
-    else:
-        path = save_grid(
-            generate(G, args.n, args.seed, args.truncation),
-            os.path.join(folder, f"samples_{tag}.png"),
-        )
-    print(path)
 
 
 # --- command line -------------------------------------------------------------------------------
 
 
 def get_args(argv=None):
-    p = argparse.ArgumentParser(
-        description="StyleGAN2-ADA (Karras et al. 2020) for anime faces.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    p = shared_flags(
+        "StyleGAN2-ADA (Karras et al. 2020) for anime faces.",
+        steps=60000,
+        batch=32,
+        lr_g=0.0025,
+        lr_d=0.0025,
+        ema_kimg=10.0,
+        truncation="psi in W, w = w_avg + psi (w - w_avg), e.g. 0.7 (StyleGAN's trick)",
+        truncation_type=float,  # psi 0 is the average face, negative psi its opposite
     )
-    p.add_argument(
-        "--data", default="toy", help="image folder (subfolders = classes), .zip, or 'toy'"
-    )
-    p.add_argument(
-        "--res", type=int, default=64, help="image resolution (power of two, 32 to 1024)"
-    )
-    p.add_argument("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
-    p.add_argument(
-        "--steps",
-        type=positive_int,
-        default=60000,
-        help="generator updates to train for (one D step each)",
-    )
-    p.add_argument(
-        "--batch", type=positive_int, default=32, help="global batch, split across processes"
-    )
-    p.add_argument("--lr-g", type=float, default=0.0025, help="generator Adam learning rate")
-    p.add_argument("--lr-d", type=float, default=0.0025, help="discriminator Adam learning rate")
-    p.add_argument(
-        "--ema-kimg", type=float, default=10.0, help="G_ema half-life in thousands of images"
-    )
-    p.add_argument(
-        "--seed", type=int, default=0, help="seed for weights, noise, data order and samples"
-    )
-    p.add_argument(
-        "--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1"
-    )
-    p.add_argument(
-        "--precision",
-        default="auto",
-        choices=["auto", "fp32", "bf16", "fp16"],
-        help="auto = bf16 autocast on CUDA when supported, else fp32; fp16 adds a GradScaler",
-    )
-    p.add_argument("--compile", action="store_true", help="torch.compile G and D forward passes")
-    p.add_argument(
-        "--resume", action="store_true", help="continue the run in --out from its ckpt.pt"
-    )
-    p.add_argument("--log-every", type=positive_int, default=50, help="steps between log lines")
-    p.add_argument(
-        "--sample-every", type=positive_int, default=200, help="steps between sample grids"
-    )
-    p.add_argument(
-        "--ckpt-every", type=positive_int, default=1000, help="steps between checkpoints"
-    )
-    p.add_argument(
-        "--flip",
-        action=argparse.BooleanOptionalAction,
-        default=True,
-        help="random horizontal flips",
-    )
-    p.add_argument(
-        "--sample", metavar="CKPT", help="sampling mode: write a grid from this checkpoint's G_ema"
-    )
-    p.add_argument(
-        "--n",
-        type=positive_int,
-        default=64,
-        help="sampling mode: number of images (--mixing: sqrt(n) per side)",
-    )
-    p.add_argument(
-        "--truncation", type=float, default=None, help="truncation psi in W, e.g. 0.7 (sampling)"
-    )
-    p.add_argument(
+    add = p.add_argument
+    add(
         "--truncation-cutoff",
         type=int,
-        default=None,
-        help="truncate only the first N styles (default all)",
+        help="sampling: truncate only the first N styles (default all)",
     )
-    p.add_argument(
-        "--interp", action="store_true", help="sampling mode: latent-interpolation GIF instead"
+    add("--mixing", action="store_true", help="sampling: a style-mixing grid, sqrt(n) per side")
+    add(
+        "--class",
+        dest="class_name",
+        metavar="NAME_OR_INDEX",
+        help="sampling: only this class (name or index)",
     )
-    p.add_argument("--mixing", action="store_true", help="sampling mode: style-mixing grid instead")
-    p.add_argument("--z-dim", type=int, default=None, help="latent z size (default: --w-dim)")
-    p.add_argument("--w-dim", type=int, default=512, help="intermediate latent w size")
-    p.add_argument(
-        "--map-layers", type=int, default=8, help="mapping network depth (the paper's 8)"
-    )
-    p.add_argument(
-        "--cbase", type=int, default=16384, help="channels at resolution r: min(cbase / r, cmax)"
-    )
-    p.add_argument("--cmax", type=int, default=512, help="maximum channels per layer")
-    p.add_argument(
-        "--mbstd-group", type=int, default=4, help="minibatch standard deviation group size"
-    )
-    p.add_argument(
-        "--r1-gamma",
-        type=float,
-        default=None,
-        help="R1 weight gamma (default 0.0002 * res^2 / batch)",
-    )
-    p.add_argument("--pl-weight", type=float, default=2.0, help="path length regularisation weight")
-    p.add_argument(
-        "--style-mixing", type=float, default=0.9, help="style mixing regularisation probability"
-    )
-    p.add_argument(
+    add("--z-dim", type=int, default=None, help="latent z size (default: --w-dim)")
+    add("--w-dim", type=int, default=512, help="intermediate latent w size")
+    add("--map-layers", type=int, default=8, help="mapping network depth (the paper's 8)")
+    add("--cbase", type=int, default=16384, help="channels at resolution r: min(cbase / r, cmax)")
+    add("--cmax", type=int, default=512, help="maximum channels per layer")
+    add("--mbstd-group", type=int, default=4, help="minibatch standard deviation group size")
+    add("--r1-gamma", type=float, help="R1 weight gamma (default 0.0002 * res^2 / batch)")
+    add("--pl-weight", type=float, default=2.0, help="path length regularisation weight")
+    add("--style-mixing", type=float, default=0.9, help="style mixing regularisation probability")
+    add(
         "--aug",
         default="ada",
         choices=["ada", "fixed", "none"],
         help="augmentation probability p: adaptive, fixed at --p, or no augmentation",
     )
-    p.add_argument("--p", type=float, default=0.0, help="augmentation probability with --aug fixed")
-    p.add_argument(
-        "--ada-target", type=float, default=0.6, help="ADA target for r_t = E[sign(D(x_real))]"
-    )
-    p.add_argument(
+    add("--p", type=float, default=0.0, help="augmentation probability with --aug fixed")
+    add("--ada-target", type=float, default=0.6, help="ADA target for r_t = E[sign(D(x_real))]")
+    add(
         "--ada-kimg",
         type=float,
         default=500,
         help="ADA speed: thousands of images for p to go 0 -> 1",
     )
-    p.add_argument(
+    add(
         "--ema-rampup",
         type=float,
         default=0.05,
