@@ -13,6 +13,7 @@ Paper -> code
   forward, u and v kept as buffers (sec. 4.1; Miyato et al., Alg. 1) -> SpectralNorm, SNConv2d,
                                                                         SNConvTranspose2d
 - hinge loss (sec. 3, eq. 4)                                         -> hinge_loss_d, hinge_loss_g
+- D and G updated in turn, each on a z ~ p_z of its own (eq. 4)      -> train
 - TTUR: lr 1e-4 for G, 4e-4 for D, one D step per G step (sec. 4.2); Adam betas (0, 0.9)
   (sec. 5)                                                           -> train
 
@@ -292,14 +293,16 @@ def train(args):
     for step in run.steps(grid=lambda: G_ema(z_fixed), about=f"{len(data.labels)} images"):
         x_real, _ = next(batches)  # (B, 3, res, res) in [-1, 1]
         x_real = x_real.contiguous(memory_format=run.layout)
-        # drawn on the device from its global RNG (a CUDA kernel there, no host-to-device copy)
-        z = sample_z(x_real.shape[0], args.z_dim, None, device=device)
+        B = x_real.shape[0]
 
         # (1) update D: minimise E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]  (sec. 3, eq. 4);
-        # real and fake in one forward, scored with the same spectral norms
+        # real and fake in one forward, scored with the same spectral norms.
+        # z is drawn on the device from its global RNG (a CUDA kernel there, no host-to-device copy)
+        z = sample_z(B, args.z_dim, None, device=device)
         with run.autocast:
-            x_fake = G_train(z)
-            logits = D_train(torch.cat([x_real, x_fake.detach()])).float()  # (2B,)
+            with torch.no_grad():  # loss_D needs no gradient through G
+                x_fake = G_train(z)
+            logits = D_train(torch.cat([x_real, x_fake])).float()  # (2B,)
             logits_real, logits_fake = logits.chunk(2)
             loss_D = hinge_loss_d(logits_real, logits_fake)
         opt_D.zero_grad(set_to_none=True)
@@ -307,9 +310,13 @@ def train(args):
         scaler_D.step(opt_D)
         scaler_D.update()
 
-        # (2) update G: minimise -E[D(G(z))], on the same z  (sec. 3, eq. 4)
+        # (2) update G: minimise -E[D(G(z))]  (sec. 3, eq. 4), on a fresh z as in the official
+        # code (brain-research/self-attention-gan: z is a random op, utils_ori.py:46, sampled
+        # again by the G step's own session run, train_imagenet.py:132-136) and in
+        # heykeetae/Self-Attention-GAN (trainer.py:154)
+        z = sample_z(B, args.z_dim, None, device=device)
         with run.autocast:
-            loss_G = hinge_loss_g(D_train(x_fake).float())
+            loss_G = hinge_loss_g(D_train(G_train(z)).float())
         opt_G.zero_grad(set_to_none=True)
         scaler_G.scale(loss_G).backward()
         scaler_G.step(opt_G)

@@ -3,10 +3,11 @@ Kataoka, Masanori Koyama, Yuichi Yoshida, 2018. arXiv:1802.05957. The ResNet ver
 
 Paper -> code
 - spectral normalisation: every D weight is divided by its largest singular value sigma(W),
-  so that each layer is 1-Lipschitz (sec. 2.1)                          -> sn_weight
+  so that W / sigma(W) has spectral norm 1 (sec. 2.1)                   -> sn_weight
 - sigma(W) from one power iteration per training forward, u kept between steps (sec. 2.2,
   Alg. 1); the gradient flows through sigma too (sec. 2.3)              -> sn_weight
-- a learned scale: W_bar = gamma * W / sigma(W) (Appendix E)            -> add_spectral_norm
+- a learned scale: W_bar = gamma * W / sigma(W) (Appendix E). A layer is then gamma-Lipschitz,
+  not 1-Lipschitz: gamma gives up the paper's bound for a freer D       -> add_spectral_norm
 - ResNet G (BatchNorm, ReLU, nearest upsampling, 3x3 convs) and D (ReLU, no normalisation
   layers, global sum pooling, linear output) (Appendix B)               -> GBlock, DBlock
 - Glorot-uniform initialisation (Appendix B)                            -> glorot
@@ -14,6 +15,9 @@ Paper -> code
 - Adam with beta1 0, beta2 0.9, as in the paper's ResNet runs (App. B)  -> train
 
 Not from the paper: what changes results
+- gamma starts at sigma(W) of the initial weight (exact, not power iteration), as in the authors'
+  Chainer code and the SNGAN-AnimeFace recipe, so D's first logits have the scale of its Glorot
+  weights (init_gamma); the paper does not say where gamma starts.
 - n_dis = 1 (the paper's ResNet runs: 5 D steps per G step) with TTUR (Heusel et al. 2017): D's
   lr 4e-4 is 4x G's 1e-4 to keep D ahead, the trade SAGAN made.
 - D downsamples with stride-2 convs (4x4 in the residual branch, 2x2 on the shortcut) instead of
@@ -86,9 +90,24 @@ def sn_weight(layer):
 
 
 def add_spectral_norm(layer):
-    """gamma (Appendix E) starts at 1; u, a random unit vector, is a buffer: in the checkpoint."""
+    """u, a random unit vector, is a buffer; gamma (Appendix E) a parameter: both are in the
+    checkpoint, so --resume and DDP (which broadcasts rank 0's parameters) keep them as trained."""
     layer.gamma = nn.Parameter(torch.ones(()))
     layer.register_buffer("u", F.normalize(torch.randn(layer.weight.shape[0]), dim=0))
+    init_gamma(layer)
+
+
+@torch.no_grad()
+def init_gamma(layer):
+    """gamma <- sigma(W) of the weight as initialised, exactly (not by power iteration), as the
+    authors' Chainer code does with use_gamma (an SVD: pfnet-research/sngan_projection,
+    source/links/sn_convolution_2d.py:87-93, sn_linear.py:72-77) and the SNGAN-AnimeFace recipe
+    (tqch/SNGAN-AnimeFace, spectral_norm/snconv.py:77-81, sngan.py:28-34). W_bar = gamma W / sigma
+    then starts at W's own scale rather than at spectral norm 1, and D's first logits with it."""
+    W = layer.weight.reshape(layer.weight.shape[0], -1).double()  # (out, in*kh*kw)
+    gram = W @ W.t() if W.shape[0] <= W.shape[1] else W.t() @ W
+    # sigma(W)^2 is the largest eigenvalue of W W^T: the SVD's s[0] in fp64, 10x faster on a CPU
+    layer.gamma.copy_(torch.linalg.eigvalsh(gram)[-1].sqrt())
 
 
 class SNConv2d(nn.Conv2d):
@@ -111,9 +130,11 @@ class SNLinear(nn.Linear):
 
 def glorot(layer, gain=1.0):
     """Glorot-uniform weights, zero bias (Appendix B); gain sqrt(2) inside residual branches, 1
-    elsewhere, as in the authors' Chainer code."""
+    elsewhere, as in the authors' Chainer code. An SN layer's gamma follows its new weight."""
     nn.init.xavier_uniform_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
+    if hasattr(layer, "gamma"):
+        init_gamma(layer)
     return layer
 
 
@@ -252,17 +273,21 @@ def train(args):
         # (1) update D: minimise E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))] (sec. 4, hinge loss);
         # every D forward in training mode also takes one power-iteration step (sec. 2.2, Alg. 1)
         with run.autocast:
-            x_fake = G_train(z)
-            logits_real, logits_fake = D_train(x_real), D_train(x_fake.detach())
+            with torch.no_grad():  # D's step needs no graph through G
+                x_fake = G_train(z)
+            logits_real, logits_fake = D_train(x_real), D_train(x_fake)
             loss_D = hinge_loss_d(logits_real.float(), logits_fake.float())
         opt_D.zero_grad(set_to_none=True)
         scaler_D.scale(loss_D).backward()
         scaler_D.step(opt_D)
         scaler_D.update()
 
-        # (2) update G: minimise -E[D(G(z))] on the same z (sec. 4); n_dis = 1, not the paper's 5
+        # (2) update G: minimise -E[D(G(z))] (sec. 4) on a fresh z of the same batch size, as the
+        # authors' code (pfnet-research/sngan_projection, updater.py:80-86, a new G sample for the
+        # G step) and the recipe (tqch/SNGAN-AnimeFace, train.py:231-236) do; n_dis = 1, not 5
+        z = torch.randn(x_real.shape[0], args.z_dim, device=device)
         with run.autocast:
-            loss_G = hinge_loss_g(D_train(x_fake).float())
+            loss_G = hinge_loss_g(D_train(G_train(z)).float())
         opt_G.zero_grad(set_to_none=True)
         scaler_G.scale(loss_G).backward()
         scaler_G.step(opt_G)

@@ -384,13 +384,15 @@ def test_every_model_has_the_shared_flags():
 
 # --- refactor guard: the recipes stay as they are -------------------------------------------------
 
-# sha256 (first 16 hex digits) of G, D and G_ema after the 4-step tiny run of tiny_args, recorded
-# before the reader-first refactor: a change that should not alter training leaves every digest as
-# it is. The run is a subprocess on one thread with the CPU kernels pinned to their portable paths
-# (float summation order depends on threads and on the instruction set: AVX-512 and AVX2 machines
-# give different bits). CALIBRATION is the digest of a fixed conv/linear/BatchNorm forward and
-# backward under the same settings: where it differs, this machine's kernels differ from the
-# recording machine's, and the test skips rather than blame the code.
+# sha256 (first 16 hex digits) of G, D and G_ema after the 4-step tiny run of tiny_args: a change
+# that should not alter training leaves every digest as it is, and a change that should (a recipe
+# fix) records the new digests here in the same commit. The run is a subprocess on one thread
+# with the CPU kernels pinned to their portable paths (float summation order depends on threads
+# and on the instruction set: AVX-512 and AVX2 machines give different bits). CALIBRATION is the
+# digest of a fixed conv/linear/BatchNorm forward and backward under the same settings: where it
+# differs, this machine's kernels differ from the recording machine's, and the test skips rather
+# than blame the code. Recorded before the reader-first refactor, then for sngan and sagan after
+# their G steps drew fresh z and sngan's gamma started at sigma(W).
 GUARD_TORCH = "2.13.0+cpu"
 GUARD_ENV = dict(
     OMP_NUM_THREADS="1",
@@ -403,8 +405,8 @@ GUARD = {
     "dcgan": ("3760fcd78e0c390e", "7093e124c4c16a77", "0e037a6284bad03a"),
     "wgan": ("afc78bc78dbc7b49", "456c3e99e6b20e17", "1a11ed4eae9bcc63"),
     "cgan": ("11d80a9d9d3d24bf", "62415d3a69f08246", "0cd6e36bd7cf1bca"),
-    "sngan": ("44ff0a50b4078ae7", "d8bcc9fe9ae36628", "d883f9a3869b6f6a"),
-    "sagan": ("f87a611b75edb8aa", "fe576adcf2a93aa6", "fbe3aab5ab2982de"),
+    "sngan": ("7500f849ba27b02e", "243bc28461d7987a", "1ec006421d4b611b"),
+    "sagan": ("c2b83ec4f58a6241", "37f2945450bc8ad7", "f28c9f529a724923"),
     "biggan": ("d774ba50e258ed90", "cddd4c4c5824122a", "d774ba50e258ed90"),
     "stylegan2_ada": ("c3a17ede1cce4c8c", "0f61372f5f587e10", "5b99a5f28d1b0682"),
 }
@@ -1124,6 +1126,47 @@ def test_sagan_ttur_and_logged_gammas(tmp_path):
     assert len(gammas) == 2 and all(
         v.item() != 0.0 for v in gammas.values()
     )  # gamma moves from its 0 start
+
+
+@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
+def test_sagan_g_step_draws_a_fresh_z(tmp_path, monkeypatch):
+    """The G step runs G on a z of its own, drawn as the D step's z is (brain-research/
+    self-attention-gan, heykeetae/Self-Attention-GAN trainer.py:154), not on the D step's fakes:
+    per step two training forwards of G on different z, only the second with a graph, and D
+    scores that second output."""
+    import sagan
+
+    draws, g_calls, d_inputs = [], [], []
+    sample_z = sagan.sample_z
+
+    def recorded_sample_z(n, z_dim, gen, truncation=None, device="cpu"):
+        z = sample_z(n, z_dim, gen, truncation, device)
+        draws.append(((n, z_dim, gen, truncation), z))
+        return z
+
+    def hook(m, inputs, out):
+        if isinstance(m, sagan.Generator) and m.training:  # G_ema (eval) draws the grids
+            g_calls.append((inputs[0], out, torch.is_grad_enabled()))
+        if isinstance(m, sagan.Discriminator):
+            d_inputs.append(inputs[0])
+
+    monkeypatch.setattr(sagan, "sample_z", recorded_sample_z)
+    handle = torch.nn.modules.module.register_module_forward_hook(hook)
+    try:
+        mod, args = tiny_args("sagan", tmp_path, steps=3)
+        mod.train(args)
+    finally:
+        handle.remove()
+    train_draws = [(a, z) for a, z in draws if a[2] is None]  # z_fixed has its own generator
+    assert len(train_draws) == len(g_calls) == len(d_inputs) == 6  # 3 steps x (D step, G step)
+    for i in range(0, 6, 2):
+        (a_d, z_d), (a_g, z_g) = train_draws[i : i + 2]
+        (zin_d, x_d, grad_d), (zin_g, x_g, grad_g) = g_calls[i : i + 2]
+        assert a_d == a_g == (8, 128, None, None)  # the same batch and truncated distribution
+        assert zin_d is z_d and zin_g is z_g and not torch.equal(z_d, z_g)
+        assert not grad_d and grad_g  # the D step's fakes carry no graph into G
+        assert torch.equal(d_inputs[i][8:], x_d)  # D step: [real, fake] in one forward
+        assert d_inputs[i + 1] is x_g  # G step: D scores the fakes of the fresh z
 
 
 # --- fid.py -------------------------------------------------------------------------------------
@@ -2517,7 +2560,10 @@ def test_sngan_power_iteration_finds_the_spectral_norm():
     layer = converged_sn_conv(iters=0)
     W = layer.weight.detach().reshape(32, -1)
     true_sigma = torch.linalg.matrix_norm(W, 2).item()
-    estimate = lambda: (layer.weight.norm() / sngan.sn_weight(layer).norm()).item()  # noqa: E731 (gamma = 1)
+
+    def estimate():  # sigma as sn_weight uses it: |gamma W| / |gamma W / sigma|
+        return (layer.gamma * layer.weight.norm() / sngan.sn_weight(layer).norm()).item()
+
     first = estimate()
     for _ in range(300):
         last = estimate()
@@ -2828,3 +2874,51 @@ def test_grid_gif_and_loss_plot(tmp_path):
         np.abs(arr.astype(int) - [31, 119, 180]).sum(-1) < 10
     ).sum() > 100  # the loss_D curve is drawn
     assert (np.abs(arr.astype(int) - [214, 39, 40]).sum(-1) < 10).sum() > 100  # and loss_G
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_gamma_starts_at_the_initial_spectral_norm(monkeypatch):
+    """gamma starts at sigma(W) of the weight as initialised, as the authors' code (use_gamma) and
+    the SNGAN-AnimeFace recipe set it: W_bar = W at the start, not W / sigma(W)."""
+    import sngan
+
+    torch.manual_seed(0)
+    D = sngan.Discriminator(32, 8)
+    layers = [m for m in D.modules() if isinstance(m, (sngan.SNConv2d, sngan.SNLinear))]
+    layers += [sngan.SNConv2d(16, 32, 3), sngan.SNLinear(40, 10)]  # built alone, default init
+    for m in layers:
+        sigma = torch.linalg.svdvals(m.weight.detach().flatten(1).double())[0].item()
+        assert m.gamma.item() == pytest.approx(sigma, rel=1e-6) and m.gamma.requires_grad
+    assert len({round(m.gamma.item(), 4) for m in layers}) > 1  # one per layer, not a constant
+    # with u converged, the normalised weight is the initial weight itself
+    layer = converged_sn_conv()
+    assert torch.allclose(sngan.sn_weight(layer), layer.weight, rtol=0.01, atol=0)
+    # so D's logits at the start are those of the same net without normalisation (gamma at 1
+    # would scale them down by the product of the sigmas along each path, ~4x here, ~10x at 64 px)
+    x = torch.rand(16, 3, 32, 32) * 2 - 1
+    with torch.no_grad():
+        for _ in range(100):  # converge u, so that sigma is exact
+            D(x)
+        logits = D.eval()(x)
+        monkeypatch.setattr(sngan, "sn_weight", lambda layer: layer.weight)
+        logits_plain = D(x)
+    assert torch.allclose(logits, logits_plain, rtol=1e-3, atol=1e-3 * logits_plain.abs().max())
+
+
+@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
+def test_sngan_g_step_draws_a_fresh_z(tmp_path, monkeypatch):
+    """Each step runs G twice in training mode on z of the batch size: once without a graph for
+    D's step, then on a new z with a graph for G's own step (as the authors' code and the recipe
+    do)."""
+    mod, args = tiny_args("sngan", tmp_path, steps=1)
+    calls, forward = [], mod.Generator.forward
+
+    def recorded(self, z):
+        if self.training:  # G, not G_ema (eval mode) drawing grids
+            calls.append((z.clone(), torch.is_grad_enabled()))
+        return forward(self, z)
+
+    monkeypatch.setattr(mod.Generator, "forward", recorded)
+    mod.train(args)
+    assert [(z.shape, grad) for z, grad in calls] == [((8, 128), False), ((8, 128), True)]
+    assert not torch.equal(calls[0][0], calls[1][0])
