@@ -14,22 +14,29 @@ Paper -> code
 - orthogonal regularisation, off-diagonal form, beta 1e-4 (sec. 3.1, eq. 3)  -> ortho_penalty
 - truncation trick: z entries beyond |T| are redrawn (sec. 3.1, fig. 2a)
                                              -> sample_z, truncation_frames
-- orthogonal init; Adam betas (0, 0.999); 2 D steps per G step; EMA of G's weights
-  (sec. 3, appendix C)                       -> init_weights, train
+- orthogonal init; Adam, lr G 5e-5, D 2e-4, betas (0, 0.999); 2 D steps per G step; EMA of G's
+  weights (sec. 3, appendix C)               -> init_weights, train, get_args
+- "standing statistics": before sampling, G_ema's BatchNorm statistics are re-estimated from
+  batches of its own samples (as the author's code does it: BigGAN-PyTorch utils.py,
+  accumulate_standing_stats)                 -> standing_stats, load_generator, --standing-stats
 
 Not from the paper: what changes results
-- lr G 1e-4, D 4e-4, Adam eps 1e-6, SN eps 1e-6: the author's PyTorch recipe (BigGAN-PyTorch,
-  launch_BigGAN_bs256x8.sh). The paper's 128x128 run halves both rates at batch 2048; at batch 64
-  each step sees 32x fewer images, so halved rates would only slow a short run. The 4:1 ratio of
-  D to G rate is the paper's.
-- Batch 64 (the paper: 2048). Widths: --g-ch 64 gives G 16*ch = 1024 channels at 4x4 and 8x8,
-  halving to 128 at 64x64; --d-ch 64 gives D 64 channels at 64x64 up to 1024 at 4x4.
+- Batch 64 with the paper's batch-2048 recipe (appendix C). Adam eps 1e-8 is not in the paper:
+  the author's code's default for these rates (BigGAN-PyTorch BigGAN.py:61, :288; utils.py:295).
+  The paper found the SA-GAN rates best at lower batch sizes; the author's launch scripts use them
+  with 1 D step and no orthogonal penalty (scripts/launch_BigGAN_bs256x8.sh:5-9). Here that is
+  --n-dis 1 --lr-g 1e-4 --lr-d 4e-4 --ortho-beta 0; the script's --ema_start 20000 is the default
+  here, its Adam eps 1e-6 is not a flag.
+- Widths: --g-ch 64 gives G 16*ch = 1024 channels at 4x4 and 8x8, halving to 128 at 64x64;
+  --d-ch 64 gives D 64 channels at 64x64 up to 1024 at 4x4. SN eps 1e-6, as the launch scripts
+  (the code's default: 1e-8).
 - The orthogonal penalty is added to loss_G as the paper writes it; the author's code adds
   2*beta*(W W^T (1-I)) W to the gradient, which is the gradient of half the penalty.
-- Sampling and G_ema use BatchNorm running statistics (no "standing statistics"); no
-  cross-replica BatchNorm; one D forward on [real, fake] per D step, as the author's code does.
+- Standing statistics from 16 batches of 64 (the code's default count, utils.py:210); training
+  grids use G_ema's running statistics, copied from G. No cross-replica BatchNorm; one D forward
+  on [real, fake] per D step, as the author's code does.
 - EMA half-life --ema-kimg 444: the paper's decay 0.9999 per step, at batch 64. G_ema is a copy
-  of G for the first --ema-start 20000 steps (the author's code), then averages.
+  of G for the first --ema-start 20000 steps (the author's launch scripts), then averages.
 Not from the paper: engineering
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
 - Spectral norm's power iteration and the orthogonal penalty run in fp32 under autocast.
@@ -41,6 +48,7 @@ Usage
     python biggan.py --resume --steps 60000           # continue out/biggan/ckpt.pt
     torchrun --nproc_per_node=4 biggan.py --data ./faces
     python biggan.py --sample out/biggan/ckpt.pt --n 144 --truncation 0.5 [--class blonde]
+    python biggan.py --sample out/biggan/ckpt.pt --standing-stats 0   # G_ema's stored statistics
     python biggan.py --sample out/biggan/ckpt.pt --n 36 --truncation-sweep   # T from 2 to 0.1
     python biggan.py --sample out/biggan/ckpt.pt --n 16 --interp [--class 3]
 """
@@ -342,9 +350,10 @@ def train(args):
     G.apply(init_weights)
     D.apply(init_weights)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    # sec. 3 / appendix C: beta1 0 (no momentum), beta2 0.999
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-6)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-6)
+    # appendix C: Adam with beta1 0 (no momentum), beta2 0.999; eps 1e-8 as the author's code has
+    # it for the paper's rates (BigGAN-PyTorch BigGAN.py:61 and :288, utils.py:295)
+    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-8)
+    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-8)
     run.track(
         classes=data.classes, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, loader=batches
     )  # --resume loads these
@@ -408,14 +417,42 @@ def sample_z(n, z_dim, gen, truncation=None):
     return z
 
 
-def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
+@torch.no_grad()
+def standing_stats(G, n_batches, batch=64, seed=0, truncation=None):
+    """The paper's "standing statistics": reset G's BatchNorm statistics, then set them to the
+    plain average of the batch statistics of n_batches forward passes of G's own samples (random
+    z and classes), and return G in eval mode. G_ema's running statistics are copies of G's, the
+    statistics of other weights; these are its own (BigGAN-PyTorch utils.py:1108-1117,
+    accumulate_standing_stats; layers.py:238-254, myBN's cumulative sums). Only the BatchNorm
+    layers run in training mode, so spectral norm's u vectors stay as they are. The same seed
+    gives the same statistics; truncation as for the samples, as sample.py:166-172 does."""
+    gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
+    bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # cumulative average: after k batches, the mean of their statistics
+        bn.train()
+    for _ in range(n_batches):
+        z = sample_z(batch, G.z_dim, gen, truncation)
+        y = torch.randint(G.shared.num_embeddings, (batch,), generator=gen)
+        G(z.to(device), y.to(device))
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return G.eval()
+
+
+def load_generator(path, device="cpu", standing=16, batch=64, truncation=None):
+    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate(). Its
+    BatchNorm statistics are standing statistics from `standing` batches of `batch` samples
+    (z truncated at `truncation`); standing=0 keeps the ones stored in the checkpoint."""
     ckpt = load_checkpoint(path, device)
     a, classes = ckpt["args"], ckpt["classes"]
     G = Generator(a["res"], a["z_dim"], a["g_ch"], len(classes), a["shared_dim"], a["attn_res"])
     G.load_state_dict(ckpt["G_ema"])
     G.classes = classes
-    return G.to(device).eval().requires_grad_(False)
+    G = G.to(device).eval().requires_grad_(False)
+    return standing_stats(G, standing, batch, truncation=truncation) if standing else G
 
 
 def class_labels(G, n, y=None):
@@ -470,7 +507,10 @@ def class_index(classes, name):
 
 
 def sample(args):
-    G = load_generator(args.sample, setup_device(args.device)[0])
+    device, standing = setup_device(args.device)[0], args.standing_stats
+    if standing < 0:
+        raise UserError(f"--standing-stats {standing}: a number of batches (0: none)")
+    G = load_generator(args.sample, device, standing, args.batch, args.truncation)
     nrow, tag = math.ceil(math.sqrt(args.n)), f"seed{args.seed}"
     y = torch.arange(args.n) // nrow % len(G.classes)  # one class per row of the grid
     if args.class_name is not None:
@@ -794,8 +834,8 @@ def get_args(argv=None):
         "BigGAN (Brock et al. 2018) for anime faces.",
         steps=50000,
         batch=64,
-        lr_g=1e-4,
-        lr_d=4e-4,
+        lr_g=5e-5,
+        lr_d=2e-4,
         ema_kimg=444.0,
         truncation="redraw z entries beyond |T| (a bound on z: the truncation trick, sec. 3.1)",
     )
@@ -819,6 +859,14 @@ def get_args(argv=None):
     add("--n-dis", type=pos_int, default=2, help="D steps per G step (the paper's 2)")
     add("--ortho-beta", type=float, default=1e-4, help="orthogonal regularisation beta (eq. 3)")
     add("--ema-start", type=int, default=20000, help="G steps with G_ema = G, then averaging")
+    add(
+        "--standing-stats",
+        type=int,
+        default=16,
+        metavar="N",
+        help="sampling: G_ema's BatchNorm statistics from N batches of --batch of its samples (0: "
+        "the stored ones)",
+    )
     return parse_args(p, argv)
 
 

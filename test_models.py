@@ -392,7 +392,8 @@ def test_every_model_has_the_shared_flags():
 # digest of a fixed conv/linear/BatchNorm forward and backward under the same settings: where it
 # differs, this machine's kernels differ from the recording machine's, and the test skips rather
 # than blame the code. Recorded before the reader-first refactor, then for sngan and sagan after
-# their G steps drew fresh z and sngan's gamma started at sigma(W).
+# their G steps drew fresh z and sngan's gamma started at sigma(W), and for biggan after it took
+# the paper's recipe (lr 5e-5/2e-4, Adam eps 1e-8).
 GUARD_TORCH = "2.13.0+cpu"
 GUARD_ENV = dict(
     OMP_NUM_THREADS="1",
@@ -407,7 +408,7 @@ GUARD = {
     "cgan": ("11d80a9d9d3d24bf", "62415d3a69f08246", "0cd6e36bd7cf1bca"),
     "sngan": ("7500f849ba27b02e", "243bc28461d7987a", "1ec006421d4b611b"),
     "sagan": ("c2b83ec4f58a6241", "37f2945450bc8ad7", "f28c9f529a724923"),
-    "biggan": ("d774ba50e258ed90", "cddd4c4c5824122a", "d774ba50e258ed90"),
+    "biggan": ("4caa5fdba412df98", "de99fbdf986ce640", "4caa5fdba412df98"),
     "stylegan2_ada": ("c3a17ede1cce4c8c", "0f61372f5f587e10", "5b99a5f28d1b0682"),
 }
 GUARD_SCRIPT = """
@@ -2536,6 +2537,83 @@ def test_biggan_single_class_data_trains_with_one_embedding(tmp_path, capsys):
     assert G_ema.shared.weight.shape[0] == 1
     D = biggan.Discriminator(32, 4, n_classes=1)
     assert D(torch.randn(2, 3, 32, 32), torch.zeros(2, dtype=torch.long)).shape == (2,)
+
+
+def test_biggan_defaults_are_the_papers_recipe():
+    import biggan
+
+    args = biggan.get_args([])
+    # appendix C: 2 D steps per G step, lr 5e-5 in G and 2e-4 in D; sec. 3.1: ortho beta 1e-4
+    assert (args.n_dis, args.lr_g, args.lr_d, args.ortho_beta) == (2, 5e-5, 2e-4, 1e-4)
+
+
+def test_biggan_standing_stats_are_g_emas_own_batch_statistics():
+    import biggan
+
+    torch.manual_seed(0)
+    G = biggan.Generator(32, 120, 4, n_classes=3)
+    G.apply(biggan.init_weights)
+    G.train()
+    for _ in range(3):  # G's running statistics, as training leaves them
+        G(torch.randn(8, 120), torch.randint(3, (8,)))
+    G_ema = copy.deepcopy(G).eval()
+    with torch.no_grad():  # G_ema's weights differ from G's; its BN statistics are G's copies
+        for p in G_ema.parameters():
+            p.mul_(1.5)
+    bns = [m for m in G_ema.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    copied = [(bn.running_mean.clone(), bn.running_var.clone()) for bn in bns]
+    us = [b.clone() for n, b in G_ema.named_buffers() if n.endswith(".u")]
+    seen = {bn: [] for bn in bns}
+    hooks = [bn.register_forward_pre_hook(lambda m, x: seen[m].append(x[0].clone())) for bn in bns]
+    biggan.standing_stats(G_ema, n_batches=3, batch=8, seed=1)
+    for h in hooks:
+        h.remove()
+    assert not G_ema.training and not any(bn.training for bn in bns)
+    assert all(bn.momentum == 0.1 for bn in bns)  # the default momentum is back
+    # the spectral norms' u vectors are untouched (only the BatchNorm layers ran in train mode)
+    assert all(
+        torch.equal(u, b)
+        for u, b in zip(us, (b for n, b in G_ema.named_buffers() if n.endswith(".u")))
+    )
+    for bn, (mean_copied, var_copied) in zip(bns, copied):
+        xs = seen[bn]
+        assert len(xs) == 3 and not torch.equal(xs[0], xs[1])  # 3 batches of different samples
+        # running statistics: the plain average over the 3 batches of each batch's statistics
+        mean = torch.stack([x.mean((0, 2, 3)) for x in xs]).mean(0)
+        var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in xs]).mean(0)
+        assert torch.allclose(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
+        assert torch.allclose(bn.running_var, var, atol=1e-5, rtol=1e-4)
+        assert not torch.allclose(bn.running_var, var_copied, rtol=1e-2)  # not G's statistics
+    # the same seed gives the same statistics, and the same images; another seed other ones
+    again = biggan.standing_stats(copy.deepcopy(G_ema), n_batches=3, batch=8, seed=1)
+    other = biggan.standing_stats(copy.deepcopy(G_ema), n_batches=3, batch=8, seed=2)
+    G_ema.classes = again.classes = other.classes = ["a", "b", "c"]
+    x = biggan.generate(G_ema, 4, seed=5)
+    assert torch.equal(x, biggan.generate(again, 4, seed=5))
+    assert not torch.equal(x, biggan.generate(other, 4, seed=5))
+
+
+def test_biggan_sampling_uses_standing_stats_by_default_and_is_deterministic(tmp_path):
+    import biggan
+
+    mod, args = tiny_args("biggan", tmp_path, steps=2)
+    biggan.train(args)
+    ckpt = str(tmp_path / "ckpt.pt")
+    stored = torch.load(ckpt, weights_only=True)["G_ema"]["out.0.running_var"]
+    assert torch.equal(biggan.load_generator(ckpt, standing=0).out[0].running_var, stored)
+    G = biggan.load_generator(ckpt)  # the default: 16 batches of 64
+    assert not G.training and not torch.equal(G.out[0].running_var, stored)
+    again = biggan.standing_stats(biggan.load_generator(ckpt, standing=0), 16, 64)
+    assert torch.equal(biggan.generate(G, 4), biggan.generate(again, 4))
+    assert biggan.get_args([]).standing_stats == 16
+    pngs = []
+    for standing in ("2", "2", "0"):
+        argv = ["--sample", ckpt, "--n", "4", "--standing-stats", standing, "--batch", "8"]
+        biggan.sample(biggan.get_args([*argv, "--device", "cpu"]))
+        pngs.append(open(tmp_path / "samples_seed0.png", "rb").read())
+    assert pngs[0] == pngs[1] != pngs[2]
+    with pytest.raises(biggan.UserError, match="--standing-stats -1"):
+        biggan.sample(biggan.get_args(["--sample", ckpt, "--standing-stats", "-1"]))
 
 
 # --- SNGAN as the paper describes it ------------------------------------------------------------
