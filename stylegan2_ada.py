@@ -4,15 +4,17 @@ Laine, Miika Aittala, Janne Hellsten, Jaakko Lehtinen, Timo Aila, 2020. arXiv:19
 Hellsten, Samuli Laine, Jaakko Lehtinen, Timo Aila, 2020. arXiv:2006.06676.
 
 Paper -> code
-- mapping network: pixel-normalised z (+ class embedding), 8 FC layers at lr x0.01; w_avg
-  tracked for the truncation trick (StyleGAN sec. 2, 5.2)               -> MappingNetwork
+- mapping network: pixel-normalised z (+ class embedding), FC layers at lr x0.01 (the paper's 8;
+  --map-layers 2 by default, see below); w_avg tracked for the truncation trick (StyleGAN
+  sec. 2, 5.2)                                                          -> MappingNetwork
 - equalised learning rate everywhere (Karras et al. 2018 sec. 4.1)      -> FC, Conv, SynthesisLayer
 - modulated convolution with weight demodulation (StyleGAN2 sec. 2.2, eq. 1-3), per-layer noise
   with a learned strength, bias + leaky ReLU with gain sqrt(2)          -> SynthesisLayer
 - skip generator: learned 4x4 constant, toRGB at every resolution, summed after FIR upsampling
   with [1,3,3,1] (StyleGAN2 sec. 4.1, fig. 7)                           -> SynthesisBlock, upfirdn2d
-- residual D with FIR downsampling, minibatch std, conditional projection (StyleGAN2 sec. 4.1;
-  Miyato & Koyama 2018 for the projection)                              -> Discriminator
+- residual D with FIR downsampling, minibatch std, conditional projection on an 8-layer mapping
+  of the class, as the official code (StyleGAN2 sec. 4.1; Miyato & Koyama 2018 for the
+  projection)                                                           -> Discriminator
 - style mixing with probability 0.9 (StyleGAN sec. 3.1)                 -> Generator.forward
 - non-saturating logistic loss; lazy R1 every 16 D steps; path length every 4 G steps (weight 2,
   decay 0.01, batch / 2); Adam (0, 0.99) with the lazy-regularisation lr/beta correction
@@ -23,14 +25,21 @@ Paper -> code
                                                                         -> ada_update, train
 
 Not from the paper: what changes results
+- The defaults are one config, the official 'auto' (stylegan2-ada-pytorch train.py:155, 165-174)
+  for one GPU at the chosen --res and --batch: G's mapping network 2 layers (the paper's 8),
+  channels min(--cbase / r, --cmax 512) with --cbase 16384 (32768 from 512 px), lr 0.0025 (0.002
+  at 1024 px), R1 gamma 0.0002 * res^2 / batch, EMA half-life batch * 10 / 32 kimg ramped up
+  over 0.05 of the images seen, minibatch-std groups of 4. At 64x64, batch 32: gamma 0.0256,
+  half-life 10 kimg. Official 'auto' picks the batch too, min(4096 / res, 32) per GPU (32 up to
+  128 px; 16, 8, 4 at 256, 512, 1024), and keeps gamma and the half-life of that batch when
+  --batch overrides it; here --batch (default 32) is the batch the config is computed for.
+  Training length is not the config's 25000 kimg: --steps 60000 at batch 32 is 1920 kimg.
 - Geometric augmentation: reflection padding, 2x upsampling with the 'sym6' wavelet low-pass
   (12 taps), bilinear grid_sample, 2x downsampling with the same filter (the official choice).
   Images that draw no transform are passed through untouched, so p = 0 is exactly the identity
   (the official pipeline filters every image). p is clamped to [0, 1] (official: only >= 0).
-- --z-dim defaults to --w-dim (512 by default, as the paper); D's class mapping uses
-  --map-layers layers (official: always 8). Fake images take the labels of the real batch.
-- R1 gamma defaults to the official 'auto' config: 0.0002 * res^2 / batch (0.0256 at 64x64,
-  batch 32); widths --cbase 16384 --cmax 512 and lr 0.0025 are that config's too.
+- --z-dim defaults to --w-dim (512 by default, as the paper). Fake images take the labels of
+  the real batch.
 - G_ema's half-life ramps up: min(--ema-kimg, 0.05 * images seen), as the official code; its
   buffers (w_avg) are copied from G.
 - Noise inputs are random while training and fixed buffers in eval (official generate.py's
@@ -168,11 +177,12 @@ class Conv(nn.Module):
     """Equalised-lr conv for D; with down=True it FIR-filters then strides by 2 (StyleGAN2 fig. 7c):
     (B, c_in, H, W) -> (B, c_out, H / 2, W / 2)."""
 
-    def __init__(self, c_in, c_out, k, act=True, bias=True, down=False):
+    def __init__(self, c_in, c_out, k, act=True, bias=True, down=False, clamp=256.0):
         super().__init__()
         self.weight = nn.Parameter(torch.randn(c_out, c_in, k, k))
         self.bias = nn.Parameter(torch.zeros(c_out)) if bias else None
         self.w_gain, self.act, self.down, self.k = 1 / math.sqrt(c_in * k * k), act, down, k
+        self.clamp = clamp
         self.register_buffer("fir", torch.tensor(FIR), persistent=False)
 
     def forward(self, x, gain=1.0):
@@ -183,7 +193,7 @@ class Conv(nn.Module):
             )
         else:
             x = F.conv2d(x, w, padding=self.k // 2)
-        return bias_act(x, self.bias, self.act, gain)
+        return bias_act(x, self.bias, self.act, gain, self.clamp)
 
 
 class MappingNetwork(nn.Module):
@@ -299,7 +309,7 @@ class Generator(nn.Module):
     """z (B, z_dim), y (B,) labels or None -> image (B, 3, res, res), roughly in [-1, 1]."""
 
     def __init__(
-        self, res=64, z_dim=512, w_dim=512, classes=0, cbase=16384, cmax=512, map_layers=8
+        self, res=64, z_dim=512, w_dim=512, classes=0, cbase=16384, cmax=512, map_layers=2
     ):
         super().__init__()
         self.res, self.z_dim, self.c_dim = res, z_dim, classes
@@ -343,7 +353,8 @@ class DiscriminatorBlock(nn.Module):
         super().__init__()
         self.fromrgb = Conv(3, c_in, 1) if from_rgb else None
         self.conv0, self.conv1 = Conv(c_in, c_in, 3), Conv(c_in, c_out, 3, down=True)
-        self.skip = Conv(c_in, c_out, 1, act=False, bias=False, down=True)
+        # the skip conv is not clamped: official networks.py:553-554 gives it no conv_clamp
+        self.skip = Conv(c_in, c_out, 1, act=False, bias=False, down=True, clamp=float("inf"))
         self.amp = amp
 
     def forward(self, x):  # (B, c_in, H, W) -> (B, c_out, H / 2, W / 2)
@@ -371,7 +382,9 @@ def minibatch_std(x, group=4):
 
 class Discriminator(nn.Module):
     """image (B, 3, res, res), y (B,) or None -> logit (B,). Conditional: the output is projected
-    on an embedding of y, <out, cmap> / sqrt(dim) (official StyleGAN2-ADA)."""
+    on an embedding of y, <out, cmap> / sqrt(dim), cmap from a mapping network of y with
+    map_layers 8 whatever G's depth (official networks.py:714 passes no num_layers, so the
+    default 8 of networks.py:180; train.py:180 sets only G's)."""
 
     def __init__(self, res=64, classes=0, cbase=16384, cmax=512, map_layers=8, mbstd_group=4):
         super().__init__()
@@ -593,15 +606,23 @@ def train(args):
     )
     classes = len(data.classes) if len(data.classes) > 1 else 0  # labelled data: conditional
     args.z_dim = args.z_dim or args.w_dim
-    if args.r1_gamma is None:  # the official 'auto' config
+    # unset knobs take the official 'auto' config for one GPU at this --res and --batch
+    # (stylegan2-ada-pytorch train.py:169-174): R1 gamma and the EMA half-life follow the batch,
+    # --cbase doubles from 512 px (fmaps 1, else 0.5), the lr drops at 1024 px
+    if args.r1_gamma is None:
         args.r1_gamma = 0.0002 * args.res**2 / args.batch
+    if args.ema_kimg is None:
+        args.ema_kimg = args.batch * 10 / 32
+    if args.cbase is None:
+        args.cbase = 32768 if args.res >= 512 else 16384
+    lr = 0.002 if args.res >= 1024 else 0.0025
+    args.lr_g, args.lr_d = args.lr_g or lr, args.lr_d or lr
 
     G = Generator(
         args.res, args.z_dim, args.w_dim, classes, args.cbase, args.cmax, args.map_layers
     ).to(device)
-    D = Discriminator(
-        args.res, classes, args.cbase, args.cmax, args.map_layers, args.mbstd_group
-    ).to(device)
+    D = Discriminator(args.res, classes, args.cbase, args.cmax, mbstd_group=args.mbstd_group)
+    D = D.to(device)
     if run.world > 1:  # every rank starts from rank 0's weights (what DDP would do)
         for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
             dist.broadcast(t.data, 0)
@@ -640,7 +661,7 @@ def train(args):
 
     about = f"{len(data.labels)} images"
     about += f", {classes} classes (conditional)" if classes else ""
-    about += f" | aug {args.aug} | r1_gamma {args.r1_gamma:.4g}"
+    about += f" | aug {args.aug} | r1_gamma {args.r1_gamma:.4g} | ema_kimg {args.ema_kimg:.4g}"
     for step in run.steps(grid=lambda: G_ema(z_fixed, y_fixed), about=about):
         x_real, y = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,)
         y = y if classes else None
@@ -1140,12 +1161,14 @@ def parse_args(parser, argv=None):
 
 def get_args(argv=None):
     p = shared_flags(
-        "StyleGAN2-ADA (Karras et al. 2020) for anime faces.",
+        "StyleGAN2-ADA (Karras et al. 2020) for anime faces. Unset knobs take the official 'auto'"
+        " config for one GPU at --res and --batch: lr 0.0025 (0.002 at 1024 px), --ema-kimg"
+        " batch * 10 / 32, --r1-gamma 0.0002 * res^2 / batch, --cbase 16384 (32768 from 512 px).",
         steps=60000,
         batch=32,
-        lr_g=0.0025,
-        lr_d=0.0025,
-        ema_kimg=10.0,
+        lr_g=None,
+        lr_d=None,
+        ema_kimg=None,
         truncation="psi in W, w = w_avg + psi (w - w_avg), e.g. 0.7 (StyleGAN's trick)",
         truncation_type=float,  # psi 0 is the average face, negative psi its opposite
     )
@@ -1164,8 +1187,17 @@ def get_args(argv=None):
     )
     add("--z-dim", type=int, default=None, help="latent z size (default: --w-dim)")
     add("--w-dim", type=int, default=512, help="intermediate latent w size")
-    add("--map-layers", type=int, default=8, help="mapping network depth (the paper's 8)")
-    add("--cbase", type=int, default=16384, help="channels at resolution r: min(cbase / r, cmax)")
+    add(
+        "--map-layers",
+        type=int,
+        default=2,
+        help="G's mapping network depth (official 'auto': 2; the paper: 8; D's is always 8)",
+    )
+    add(
+        "--cbase",
+        type=int,
+        help="channels at resolution r: min(cbase / r, cmax) (default 16384, 32768 from 512 px)",
+    )
     add("--cmax", type=int, default=512, help="maximum channels per layer")
     add("--mbstd-group", type=int, default=4, help="minibatch standard deviation group size")
     add("--r1-gamma", type=float, help="R1 weight gamma (default 0.0002 * res^2 / batch)")

@@ -393,7 +393,8 @@ def test_every_model_has_the_shared_flags():
 # differs, this machine's kernels differ from the recording machine's, and the test skips rather
 # than blame the code. Recorded before the reader-first refactor, then for sngan and sagan after
 # their G steps drew fresh z and sngan's gamma started at sigma(W), and for biggan after it took
-# the paper's recipe (lr 5e-5/2e-4, Adam eps 1e-8).
+# the paper's recipe (lr 5e-5/2e-4, Adam eps 1e-8), and for stylegan2_ada after its defaults
+# became the official 'auto' config (EMA from the batch; D's skip conv unclamped).
 GUARD_TORCH = "2.13.0+cpu"
 GUARD_ENV = dict(
     OMP_NUM_THREADS="1",
@@ -409,7 +410,7 @@ GUARD = {
     "sngan": ("7500f849ba27b02e", "243bc28461d7987a", "1ec006421d4b611b"),
     "sagan": ("c2b83ec4f58a6241", "37f2945450bc8ad7", "f28c9f529a724923"),
     "biggan": ("4caa5fdba412df98", "de99fbdf986ce640", "4caa5fdba412df98"),
-    "stylegan2_ada": ("c3a17ede1cce4c8c", "0f61372f5f587e10", "5b99a5f28d1b0682"),
+    "stylegan2_ada": ("ed4d179e79fc585c", "776fb07762ec2c45", "91f657ff80cb0842"),
 }
 GUARD_SCRIPT = """
 import hashlib, importlib, sys, torch
@@ -2288,6 +2289,87 @@ def test_stylegan2_sampling_by_class_name_or_index(tmp_path):
     )
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
     assert r.stderr.startswith("stylegan2_ada: error: --class purple: not one of this checkpoint's")
+
+
+@needs_sg2
+def test_stylegan2_d_class_mapping_has_8_layers_whatever_g_has(tmp_path):
+    import stylegan2_ada as sg
+
+    # the tiny config passes --map-layers 2; toy data is labelled, so D has a class mapping
+    _, args = tiny_args("stylegan2_ada", tmp_path, steps=1)
+    assert args.map_layers == 2 and sg.get_args([]).map_layers == 2  # official 'auto': map=2
+    sg.train(args)
+    ckpt = torch.load(tmp_path / "ckpt.pt", weights_only=True)
+
+    def depth(state):
+        return len({k.split(".")[2] for k in state if k.startswith("mapping.net.")})
+
+    # official networks.py:714: D's MappingNetwork gets no num_layers, so its default 8
+    assert (depth(ckpt["G"]), depth(ckpt["D"])) == (2, 8)
+
+
+@needs_sg2
+def test_stylegan2_d_skip_path_is_not_clamped():
+    import stylegan2_ada as sg
+
+    torch.manual_seed(0)
+    block = sg.DiscriminatorBlock(4, 8, amp=False, from_rgb=False)
+    with torch.no_grad():
+        block.conv1.weight.zero_()  # the main branch gives 0: the output is the skip path alone
+    x = torch.randn(2, 4, 16, 16)
+    with torch.no_grad():
+        small, large = block(x), block(1000 * x)
+    # unclamped, the 1x1 skip conv is linear: 1000x the input, 1000x the output, beyond +-256
+    assert large.abs().max() > 256
+    assert torch.allclose(large, 1000 * small, rtol=1e-4, atol=1e-2)
+    # the other convs keep the official conv_clamp 256 (networks.py:541-550)
+    assert block.conv0.clamp == block.conv1.clamp == 256.0 and block.skip.clamp == math.inf
+
+
+@needs_sg2
+def test_stylegan2_defaults_are_the_official_auto_config_for_res_and_batch(tmp_path, monkeypatch):
+    import stylegan2_ada as sg
+
+    for i in range(2):
+        save_image(str(tmp_path / "faces" / f"{i}.png"), "RGB", size=(8, 8), color=(60 * i, 0, 0))
+
+    class Built(Exception):
+        pass
+
+    def stop(*a, **kw):  # train() has resolved its defaults when it builds G
+        raise Built
+
+    monkeypatch.setattr(sg, "Generator", stop)
+
+    def resolved(*argv):
+        args = sg.get_args(
+            ["--data", str(tmp_path / "faces"), "--out", str(tmp_path / "o"), "--device", "cpu"]
+            + list(argv)
+        )
+        with pytest.raises(Built):
+            sg.train(args)
+        return args
+
+    # train.py:165-174 with gpus=1, mb = --batch
+    a = resolved("--res", "32", "--batch", "8")
+    assert a.ema_kimg == 8 * 10 / 32 and a.r1_gamma == pytest.approx(0.0002 * 32**2 / 8)
+    assert (a.cbase, a.cmax, a.lr_g, a.lr_d, a.map_layers, a.mbstd_group, a.ema_rampup) == (
+        16384,
+        512,
+        0.0025,
+        0.0025,
+        2,
+        4,
+        0.05,
+    )
+    a = resolved("--res", "1024", "--batch", "4")  # fmaps 1 from 512 px, lrate 0.002 at 1024
+    assert (a.cbase, a.lr_g, a.lr_d, a.ema_kimg) == (32768, 0.002, 0.002, 1.25)
+    assert a.r1_gamma == pytest.approx(0.0002 * 1024**2 / 4)
+    a = resolved("--res", "32", "--batch", "64")
+    assert a.ema_kimg == 20.0 and a.r1_gamma == pytest.approx(0.0002 * 32**2 / 64)
+    # what is typed wins, and --ema-kimg 0 (no EMA) stays 0
+    a = resolved("--res", "32", "--ema-kimg", "0", "--cbase", "256", "--lr-g", "0.001")
+    assert (a.ema_kimg, a.cbase, a.lr_g, a.lr_d) == (0.0, 256, 0.001, 0.0025)
 
 
 @needs_sg2
