@@ -610,10 +610,11 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
-def any_rank(flag, device):  # all ranks call it together
+def any_rank(flag, device):  # all ranks call it together; one process: no tensor, no GPU sync
+    if not dist.is_initialized():
+        return bool(flag)
     t = torch.tensor(float(bool(flag)), device=device)
-    if dist.is_initialized():
-        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
     return bool(t.item())
 
 
