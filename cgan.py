@@ -398,7 +398,7 @@ class Run:
         """What a checkpoint holds besides args, step and RNG: objects with a state_dict, tensors,
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
-        ckpt = self.ckpt or {}
+        ckpt, self.ckpt = self.ckpt or {}, None  # loaded below; not kept for the whole run
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
