@@ -10,6 +10,12 @@ Paper -> code
                                              -> ConditionalBatchNorm2d, Generator, z_chunks
 - projection D: D(x, y) = psi(phi(x)) + <embed(y), phi(x)> (Miyato & Koyama 2018; sec. 3)
                                              -> Discriminator
+- several attributes per image (--labels: a CSV, e.g. hair and eye colour) in place of the
+  paper's one class: G's shared embedding is the sum of one embedding per attribute (a linear
+  layer of a sum of independent tables is one of their concatenation), and D's projection is one
+  inner product per attribute, summed: sum_i <embed_i(y_i), phi(x)>. One table holds every
+  attribute's rows, offset per attribute; one attribute is the paper's model unchanged
+                                             -> Generator.conditions, Discriminator, attributes
 - hinge loss (sec. 3)                        -> hinge_loss_d, hinge_loss_g
 - orthogonal regularisation, off-diagonal form, beta 1e-4 (sec. 3.1, eq. 3)  -> ortho_penalty
 - truncation trick: z entries beyond |T| are redrawn (sec. 3.1, fig. 2a)
@@ -35,6 +41,9 @@ Not from the paper: what changes results
 - Standing statistics from 16 batches of 64 (the code's default count, utils.py:210); training
   grids use G_ema's running statistics, copied from G. No cross-replica BatchNorm; one D forward
   on [real, fake] per D step, as the author's code does.
+- Several attributes: each fake label's attributes are drawn independently and uniformly, as the
+  paper draws its one class; standing statistics and unnamed --class attributes draw them from
+  the training frequencies. D's spectral norm normalises the attributes' tables as one matrix.
 - EMA half-life --ema-kimg 444: the paper's decay 0.9999 per step, at batch 64. G_ema is a copy
   of G for the first --ema-start 20000 steps (the author's launch scripts), then averages.
 Not from the paper: engineering
@@ -44,10 +53,12 @@ Not from the paper: engineering
 Usage
     python biggan.py                                  # built-in toy faces (hair colours), 64x64
     python biggan.py --data ./faces                   # subfolders = classes; flat: one class
+    python biggan.py --data ./faces --labels faces.csv --label-columns hair,eyes   # attributes
     python biggan.py --res 32 --steps 200 --batch 32 --g-ch 8 --d-ch 8   # CPU smoke run
     python biggan.py --resume --steps 60000           # continue out/biggan/ckpt.pt
     torchrun --nproc_per_node=4 biggan.py --data ./faces
     python biggan.py --sample out/biggan/ckpt.pt --n 144 --truncation 0.5 [--class blonde]
+    python biggan.py --sample out/biggan/ckpt.pt --class hair=blonde,eyes=blue   # others drawn
     python biggan.py --sample out/biggan/ckpt.pt --standing-stats 0   # G_ema's stored statistics
     python biggan.py --sample out/biggan/ckpt.pt --n 36 --truncation-sweep   # T from 2 to 0.1
     python biggan.py --sample out/biggan/ckpt.pt --n 16 --interp [--class 3]
@@ -63,6 +74,7 @@ import sys
 import threading
 import time
 
+import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -96,6 +108,14 @@ def check_res(res):
 def z_chunks(z_dim, n):
     """Sizes of the n hierarchical-latent chunks: as equal as possible, summing to z_dim."""
     return [z_dim // n + (i < z_dim % n) for i in range(n)]
+
+
+def label_table(n_classes):
+    """n_classes (one attribute's class count, or a list of counts per attribute) -> the sizes
+    per attribute, and each attribute's first row in one embedding table of sum(sizes) rows."""
+    sizes = [n_classes] if isinstance(n_classes, int) else list(n_classes)
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)  # (k,)
+    return sizes, offsets
 
 
 class SpectralNorm:
@@ -192,9 +212,10 @@ class GBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """(z (B, z_dim), y (B,)) -> image (B, 3, res, res). z's first chunk feeds the 4x4 input
-    layer; each block's cBN sees [shared(y), its own chunk]; self-attention after the block whose
-    output is attn_res wide."""
+    """(z (B, z_dim), y (B,) or (B, k)) -> image (B, 3, res, res). z's first chunk feeds the 4x4
+    input layer; each block's cBN sees [shared(y), its own chunk]; self-attention after the block
+    whose output is attn_res wide. n_classes: a class count, or a list of value counts for k
+    attributes; shared(y) is then the sum of the k attributes' embeddings."""
 
     def __init__(self, res=64, z_dim=120, ch=64, n_classes=1, shared_dim=128, attn_res=None):
         super().__init__()
@@ -202,7 +223,9 @@ class Generator(nn.Module):
         mults = G_CH[res]
         c_in, c_out = [ch * m for m in [16] + mults[:-1]], [ch * m for m in mults]
         self.z_sizes = z_chunks(z_dim, len(mults) + 1)
-        self.shared = nn.Embedding(n_classes, shared_dim)
+        self.sizes, offsets = label_table(n_classes)
+        self.register_buffer("offsets", offsets, persistent=False)  # not in the state dict
+        self.shared = nn.Embedding(sum(self.sizes), shared_dim)
         self.linear = SNLinear(self.z_sizes[0], c_in[0] * 4 * 4)
         self.blocks = nn.ModuleList(
             GBlock(i, o, shared_dim + zc) for i, o, zc in zip(c_in, c_out, self.z_sizes[1:])
@@ -217,7 +240,8 @@ class Generator(nn.Module):
         """The input layer's chunk, and one cBN conditioning vector [shared(y), z chunk] per
         block (the shared embedding: sec. 3)."""
         zs = torch.split(z, self.z_sizes, dim=1)
-        e = self.shared(y)  # (B, shared_dim)
+        # several attributes: the sum of their embeddings, (B, k, shared_dim) -> (B, shared_dim)
+        e = self.shared(y) if y.ndim == 1 else self.shared(y + self.offsets).sum(1)
         return zs[0], [torch.cat([e, zc], 1) for zc in zs[1:]]
 
     def forward(self, z, y):
@@ -249,8 +273,9 @@ class DBlock(nn.Module):
 
 
 class Discriminator(nn.Module):
-    """(image (B, 3, res, res), y (B,)) -> logit (B,): a linear head on sum-pooled ReLU features
-    plus the projection term <embed(y), features> (Miyato & Koyama 2018)."""
+    """(image (B, 3, res, res), y (B,) or (B, k)) -> logit (B,): a linear head on sum-pooled ReLU
+    features plus the projection term <embed(y), features> (Miyato & Koyama 2018), summed over
+    the k attributes when n_classes is a list of value counts."""
 
     def __init__(self, res=64, ch=64, n_classes=1, attn_res=None):
         super().__init__()
@@ -262,7 +287,9 @@ class Discriminator(nn.Module):
         self.attn_at = int(math.log2(res // attn_res)) - 1 if attn_res else None  # res / 2**(i+1)
         self.attn = SelfAttention(c[self.attn_at + 1]) if attn_res else None
         self.linear = SNLinear(c[-1], 1)
-        self.embed = SNEmbedding(n_classes, c[-1])
+        self.sizes, offsets = label_table(n_classes)
+        self.register_buffer("offsets", offsets, persistent=False)  # not in the state dict
+        self.embed = SNEmbedding(sum(self.sizes), c[-1])
 
     def forward(self, x, y):
         h = x
@@ -271,7 +298,10 @@ class Discriminator(nn.Module):
             if i == self.attn_at:
                 h = self.attn(h)
         h = F.relu(h).sum((2, 3))  # (B, C): global sum pooling
-        return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(1)  # psi(h) + <embed(y), h>
+        if y.ndim == 1:
+            return self.linear(h).squeeze(1) + (self.embed(y) * h).sum(1)  # psi(h) + <embed(y), h>
+        e = self.embed(y + self.offsets)  # (B, k, C): one embedding per attribute
+        return self.linear(h).squeeze(1) + (e * h[:, None]).sum((1, 2))  # + sum_i <embed(y_i), h>
 
 
 def init_weights(m):
@@ -320,6 +350,38 @@ def ema_beta(batch, ema_kimg):
     return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
 
 
+def random_labels(n_classes, n, device):
+    """Fake labels, each attribute uniform over its values as the paper's class is: (n,) for
+    n_classes a count, (n, k) for a list of k counts."""
+    if isinstance(n_classes, int):
+        return torch.randint(n_classes, (n,), device=device)
+    return torch.stack([torch.randint(c, (n,), device=device) for c in n_classes], 1)
+
+
+def fixed_latents(attrs, counts, z_dim, seed):
+    """The training grid's z, labels, columns and header text. One attribute: one class per row,
+    8 samples each (8 rows for one class; columns None: 8 a row). Several: rows are the first
+    attribute's values, columns the second's, one z per row (the same z across it); the others
+    at their most frequent value."""
+    gen = torch.Generator().manual_seed(seed)
+    if len(attrs) == 1:
+        n_classes = len(attrs[0][1])
+        rows = n_classes if n_classes > 1 else 8
+        y = torch.arange(rows * 8) // 8 % n_classes
+        return sample_z(rows * 8, z_dim, gen), y, None, f"{n_classes} class(es)"
+    (row_name, row_values), (col_name, col_values) = attrs[:2]
+    rows, cols = len(row_values), len(col_values)
+    z = sample_z(rows, z_dim, gen).repeat_interleave(cols, 0)  # (rows * cols, z_dim)
+    rest = [c.index(max(c)) for c in counts[2:]]
+    y = torch.tensor([[r, c, *rest] for r in range(rows) for c in range(cols)])  # (rows * cols, k)
+    about = f"grid rows: {row_name} ({', '.join(row_values)}), columns: {col_name}"
+    about += f" ({', '.join(col_values)})"
+    if rest:  # e.g. "; others at their most frequent value: hat=none"
+        held = ", ".join(f"{name}={values[i]}" for (name, values), i in zip(attrs[2:], rest))
+        about += f"; others at their most frequent value: {held}"
+    return z, y, cols, about
+
+
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
     """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (BN statistics) are copied."""
@@ -337,11 +399,17 @@ def train(args):
     if args.attn_res and args.attn_res not in sizes:
         choose = f"choose a power of two from 8 to {args.res // 2}, or 0 for none"
         raise UserError(f"--attn-res {args.attn_res}: {choose}")
-    data = load_images(args.data, args.res, verbose=run.rank == 0)
+    columns = [c.strip() for c in args.label_columns.split(",")] if args.label_columns else None
+    data = load_images(args.data, args.res, run.rank == 0, args.labels, columns)
     batches = Batches(
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
-    n_classes = len(data.classes)
+    attrs = attributes(data.classes)  # [(name, values)]: one, or one per CSV column
+    labels = data.labels.reshape(len(data.labels), -1)  # (N, k)
+    counts = [
+        np.bincount(labels[:, i], minlength=len(v)).tolist() for i, (_, v) in enumerate(attrs)
+    ]
+    n_classes = len(data.classes) if len(attrs) == 1 else [len(v) for _, v in attrs]
     if n_classes == 1:
         run.say(f"{args.data} has one class: G and D train with a single class embedding")
     G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.shared_dim, args.attn_res)
@@ -354,25 +422,37 @@ def train(args):
     # it for the paper's rates (BigGAN-PyTorch BigGAN.py:61 and :288, utils.py:295)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-8)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-8)
+    if run.ckpt is not None and "class_counts" not in run.ckpt:  # saved before class_counts
+        run.ckpt["class_counts"] = counts
     run.track(
-        classes=data.classes, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, loader=batches
+        classes=data.classes,
+        class_counts=counts,
+        G=G,
+        D=D,
+        G_ema=G_ema,
+        opt_G=opt_G,
+        opt_D=opt_D,
+        loader=batches,
     )  # --resume loads these
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
     G_train, D_train = run.wrap(G, D)  # DDP under torchrun, torch.compile with --compile
     beta = ema_beta(args.batch, args.ema_kimg)
-    rows = n_classes if n_classes > 1 else 8  # sample grids: one class per row, 8 samples each
-    z_fixed = sample_z(rows * 8, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
-    y_fixed = (torch.arange(rows * 8) // 8 % n_classes).to(device)
-    about = f"{len(data.labels)} images, {n_classes} class(es)"
+    z_fixed, y_fixed, cols, about = fixed_latents(attrs, counts, args.z_dim, args.seed)
+    z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device)
+    about = f"{len(data.labels)} images, {about}"
 
-    for step in run.steps(grid=lambda: G_ema(z_fixed, y_fixed), about=about):
+    def grid():  # several attributes: one column per value of the second
+        x = G_ema(z_fixed, y_fixed)
+        return make_grid(x, nrow=cols) if cols else x
+
+    for step in run.steps(grid=grid, about=about):
         # (1) n_dis D steps per G step, each on its own real batch (sec. 3, appendix C: 2)
         for _ in range(args.n_dis):
-            x_real, y_real = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,)
+            x_real, y_real = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,) or (B, k)
             x_real = x_real.contiguous(memory_format=run.layout)
             B = x_real.shape[0]
             z = torch.randn(B, args.z_dim, device=device)
-            y_fake = torch.randint(n_classes, (B,), device=device)
+            y_fake = random_labels(n_classes, B, device)
             # minimise the hinge loss E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z, y), y))]
             # (sec. 3), one D forward on [real, fake]
             with run.autocast:
@@ -389,7 +469,7 @@ def train(args):
 
         # (2) update G: minimise -E[D(G(z, y), y)] (sec. 3) + beta * R(W) (sec. 3.1, eq. 3)
         z = torch.randn(B, args.z_dim, device=device)
-        y_fake = torch.randint(n_classes, (B,), device=device)
+        y_fake = random_labels(n_classes, B, device)
         with run.autocast:
             loss_G = hinge_loss_g(D_train(G_train(z, y_fake), y_fake).float())
         loss_ortho = ortho_penalty(G, args.ortho_beta)
@@ -425,7 +505,9 @@ def standing_stats(G, n_batches, batch=64, seed=0, truncation=None):
     statistics of other weights; these are its own (BigGAN-PyTorch utils.py:1108-1117,
     accumulate_standing_stats; layers.py:238-254, myBN's cumulative sums). Only the BatchNorm
     layers run in training mode, so spectral norm's u vectors stay as they are. The same seed
-    gives the same statistics; truncation as for the samples, as sample.py:166-172 does."""
+    gives the same statistics; truncation as for the samples, as sample.py:166-172 does. Labels:
+    uniform over one attribute's classes, as the author's code; several attributes are drawn from
+    their training frequencies (G.classes, G.class_counts), as generate() draws them."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
     bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
     momenta = [bn.momentum for bn in bns]
@@ -435,7 +517,10 @@ def standing_stats(G, n_batches, batch=64, seed=0, truncation=None):
         bn.train()
     for _ in range(n_batches):
         z = sample_z(batch, G.z_dim, gen, truncation)
-        y = torch.randint(G.shared.num_embeddings, (batch,), generator=gen)
+        if len(G.sizes) == 1:
+            y = torch.randint(G.sizes[0], (batch,), generator=gen)
+        else:
+            y = draw_labels(G.classes, G.class_counts, batch, gen)
         G(z.to(device), y.to(device))
     for bn, momentum in zip(bns, momenta):
         bn.momentum = momentum
@@ -443,32 +528,40 @@ def standing_stats(G, n_batches, batch=64, seed=0, truncation=None):
 
 
 def load_generator(path, device="cpu", standing=16, batch=64, truncation=None):
-    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate(). Its
-    BatchNorm statistics are standing statistics from `standing` batches of `batch` samples
-    (z truncated at `truncation`); standing=0 keeps the ones stored in the checkpoint."""
+    """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .classes and .class_counts for
+    generate(). Its BatchNorm statistics are standing statistics from `standing` batches of
+    `batch` samples (z truncated at `truncation`); standing=0 keeps the ones stored in the
+    checkpoint."""
     ckpt = load_checkpoint(path, device)
-    a, classes = ckpt["args"], ckpt["classes"]
-    G = Generator(a["res"], a["z_dim"], a["g_ch"], len(classes), a["shared_dim"], a["attn_res"])
+    a, n_classes = ckpt["args"], [len(values) for _, values in attributes(ckpt["classes"])]
+    G = Generator(a["res"], a["z_dim"], a["g_ch"], n_classes, a["shared_dim"], a["attn_res"])
     G.load_state_dict(ckpt["G_ema"])
-    G.classes = classes
+    G.classes = ckpt["classes"]
+    # checkpoints from before class counts were kept: uniform
+    G.class_counts = ckpt.get("class_counts", [[1] * n for n in n_classes])
     G = G.to(device).eval().requires_grad_(False)
     return standing_stats(G, standing, batch, truncation=truncation) if standing else G
 
 
-def class_labels(G, n, y=None):
-    """y (an int class index, or labels (n,)) as labels (n,); None cycles through the classes."""
+def class_labels(G, n, y=None, seed=0):
+    """y as labels, (n,) for one attribute, (n, k) for several. None: one attribute cycles
+    through the classes (0, 1, 2, ...); several are drawn from their training frequencies,
+    seeded by `seed`. An int is one class (one attribute); a tensor is used as it is."""
+    if y is None and len(G.sizes) > 1:
+        return draw_labels(G.classes, G.class_counts, n, torch.Generator().manual_seed(seed))
     if y is None:
-        return torch.arange(n) % len(G.classes)
-    return torch.as_tensor(y, dtype=torch.long).expand(n)
+        return torch.arange(n) % G.sizes[0]
+    y = torch.as_tensor(y, dtype=torch.long)
+    return y if y.dim() == 2 else y.expand(n)
 
 
 @torch.no_grad()
 def generate(G, n, seed=0, truncation=None, y=None):
     """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
-    truncation: a bound on |z| (entries beyond it are redrawn). y: a class index or labels (n,);
-    None cycles through the classes."""
+    truncation: a bound on |z| (entries beyond it are redrawn). y: a class index, or labels (n,)
+    or (n, k); None: see class_labels."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    y, device = class_labels(G, n, y), next(G.parameters()).device
+    y, device = class_labels(G, n, y, seed), next(G.parameters()).device
     xs = [G(z[i : i + 256].to(device), y[i : i + 256].to(device)) for i in range(0, n, 256)]
     return torch.cat([x.float().cpu() for x in xs])
 
@@ -479,7 +572,7 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
     image keeps its class."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
     zs, frames = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)], []
-    y = class_labels(G, n, y).to(device)
+    y = class_labels(G, n, y, seed).to(device)
     for a, b in zip(zs, zs[1:] + zs[:1]):
         cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True)
         omega = torch.arccos(cos.clamp(-1, 1)).clamp_min(1e-6)  # (n, 1): the angle a to b
@@ -497,13 +590,61 @@ def truncation_frames(G, n, seed=0, y=None, t_max=2.0, t_min=0.1, steps=20):
     return frames + frames[-2:0:-1]
 
 
-def class_index(classes, name):
-    """--class NAME or INDEX -> the class's index in this checkpoint's classes."""
-    if name in classes:
-        return classes.index(name)
-    if name.isdigit() and int(name) < len(classes):
-        return int(name)
-    raise UserError(f"--class {name}: not one of this checkpoint's classes: {', '.join(classes)}")
+def attributes(classes):
+    """A checkpoint's classes as [(name, values)]: subfolders or one CSV column -> one attribute."""
+    return list(classes.items()) if isinstance(classes, dict) else [("class", list(classes))]
+
+
+def parse_class(classes, spec):
+    """--class SPEC -> {attribute index: value index}. SPEC: a value of exactly one attribute
+    ("blonde"; with one attribute also its index, "3"), or name=value pairs, any subset
+    ("hair=blonde,eyes=blue")."""
+    attrs = attributes(classes)
+    names = [name for name, _ in attrs]
+    if "=" not in spec:
+        if len(attrs) == 1 and spec not in attrs[0][1] and spec.isdigit():
+            if int(spec) < len(attrs[0][1]):
+                return {0: int(spec)}
+        found = [i for i, (_, values) in enumerate(attrs) if spec in values]
+        if len(found) > 1:
+            several = ", ".join(names[i] for i in found)
+            why = f"a value of several attributes ({several}): name it, e.g. {names[found[0]]}="
+            raise UserError(f"--class {spec}: {why}{spec}")
+        if not found and len(attrs) == 1:
+            values = ", ".join(attrs[0][1])
+            raise UserError(f"--class {spec}: not one of this checkpoint's classes: {values}")
+        if not found:
+            each = "; ".join(f"{name}: {', '.join(values)}" for name, values in attrs)
+            raise UserError(f"--class {spec}: not a value of any attribute ({each})")
+        return {found[0]: attrs[found[0]][1].index(spec)}
+    fixed = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name not in names:
+            raise UserError(
+                f"--class {spec}: no attribute '{name}' (attributes: {', '.join(names)})"
+            )
+        i = names.index(name)
+        if i in fixed:
+            raise UserError(f"--class {spec}: {name} is given twice")
+        if value not in attrs[i][1]:
+            raise UserError(f"--class {spec}: not a {name} value: {', '.join(attrs[i][1])}")
+        fixed[i] = attrs[i][1].index(value)
+    return fixed
+
+
+def draw_labels(classes, counts, n, gen, fixed=None):
+    """n labels, (n,) for one attribute, (n, k) for several: the attributes in `fixed` ({attribute
+    index: value index}) set, every other drawn i.i.d. from its training frequencies `counts`
+    (each attribute's value counts)."""
+    fixed, cols = fixed or {}, []
+    for i, c in enumerate(counts):
+        if i in fixed:
+            cols.append(torch.full((n,), fixed[i], dtype=torch.long))
+        else:
+            p = torch.tensor(c, dtype=torch.float)
+            cols.append(torch.multinomial(p, n, replacement=True, generator=gen))
+    return cols[0] if len(attributes(classes)) == 1 else torch.stack(cols, 1)
 
 
 def sample(args):
@@ -511,11 +652,13 @@ def sample(args):
     if standing < 0:
         raise UserError(f"--standing-stats {standing}: a number of batches (0: none)")
     G = load_generator(args.sample, device, standing, args.batch, args.truncation)
-    nrow, tag = math.ceil(math.sqrt(args.n)), f"seed{args.seed}"
-    y = torch.arange(args.n) // nrow % len(G.classes)  # one class per row of the grid
-    if args.class_name is not None:
-        y = class_index(G.classes, args.class_name)
-        tag += f"_{G.classes[y]}"
+    nrow, tag, attrs = math.ceil(math.sqrt(args.n)), f"seed{args.seed}", attributes(G.classes)
+    y = torch.arange(args.n) // nrow % len(G.classes) if len(attrs) == 1 else None  # a class a row
+    if args.class_name is not None:  # the named attributes set, the others drawn
+        fixed = parse_class(G.classes, args.class_name)
+        gen = torch.Generator().manual_seed(args.seed)
+        y = draw_labels(G.classes, G.class_counts, args.n, gen, fixed)
+        tag += "".join(f"_{attrs[i][1][v]}" for i, v in fixed.items())
     if args.truncation is not None:
         tag += f"_trunc{args.truncation:g}"
     folder = os.path.dirname(args.sample)
@@ -845,9 +988,17 @@ def get_args(argv=None):
     add(
         "--class",
         dest="class_name",
-        metavar="NAME_OR_INDEX",
-        help="sampling: only this class (name or index)",
+        metavar="SPEC",
+        help="sampling: only this class (name, or index), or attribute values, any subset: "
+        "hair=blonde,eyes=blue (the others drawn from their training frequencies)",
     )
+    add(
+        "--labels",
+        metavar="FILE.csv",
+        help="attribute labels: a CSV with a file column (paths relative to --data) and "
+        "attribute columns; default: subfolders",
+    )
+    add("--label-columns", metavar="A,B", help="comma-separated --labels columns; default: all")
     add("--z-dim", type=pos_int, default=120, help="latent size: one chunk per G block, +1")
     add("--shared-dim", type=pos_int, default=128, help="size of G's shared class embedding")
     add("--g-ch", type=pos_int, default=64, help="G width: 16*ch channels at 4x4, 2*ch at 64x64")

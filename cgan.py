@@ -26,6 +26,14 @@ Not from the paper: what changes results (each a flag)
   frequencies. D's class embedding starts like psi, N(0, 0.02); G's at N(0, 1), the scale of z;
   --embed-dim 50 (the paper maps y to 1000 units in an MLP). One class: no embedding, no
   projection, the same recipe unconditionally.
+- Several attributes (--labels CSV, e.g. hair and eyes): the paper's one class y becomes k labels
+  y_1..y_k, each with its own embedding (one table, each attribute's rows after the previous
+  ones'). G's input is z joined to all k embeddings; D's projection is one inner product per
+  attribute, summed, sum_i embed(y_i) . phi(x): Miyato & Koyama's log-linear p(y|x) with one term
+  per attribute, p(y|x) = prod_i p(y_i|x)       -> label_embedding, Generator, Discriminator
+  The training grid's rows are the first attribute's values, its columns the second's (one z
+  per row, other attributes at their most frequent value); sampling draws any attribute --class
+  does not name from its training frequencies                 -> attribute_grid, draw_labels
 - Samples come from G_ema, a moving average of G's weights (half-life --ema-kimg, ramped up over
   the first 20x as many images, as StyleGAN2-ADA does).
 Not from the paper: engineering
@@ -35,10 +43,12 @@ Not from the paper: engineering
 Usage
     python cgan.py                                    # built-in toy faces (6 hair colours), 64x64
     python cgan.py --data ./faces                     # a folder or .zip; class subfolders = labels
+    python cgan.py --data ../shared/data/anime_hair --labels ../shared/data/anime_hair/labels.csv
     python cgan.py --res 32 --steps 200 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
     python cgan.py --resume --steps 60000             # continue out/cgan/ckpt.pt
     torchrun --nproc_per_node=4 cgan.py --data ./faces
     python cgan.py --sample out/cgan/ckpt.pt --n 64 [--class blonde] [--interp]
+    python cgan.py --sample out/cgan/ckpt.pt --class hair=blonde,eyes=blue   # CSV attributes
 """
 
 import argparse
@@ -70,17 +80,36 @@ def check_res(res):
         raise UserError(f"{MODEL} builds power-of-two resolutions from 32 up; got --res {res}")
 
 
+def label_embedding(n_classes, dim):
+    """One embedding table for k attributes of n_1..n_k values (n_classes an int for one, or the
+    list of sizes), and each attribute's first row: attribute i, value v is row offsets[i] + v.
+    The offsets are a non-persistent buffer, so the state dict is the single-attribute one's.
+    One class: None (unconditional)."""
+    sizes = [n_classes] if isinstance(n_classes, int) else list(n_classes)
+    if sizes == [1]:
+        return None, None
+    offsets = torch.tensor([0, *sizes[:-1]]).cumsum(0)  # (k,)
+    return nn.Embedding(sum(sizes), dim), offsets
+
+
+def embed_labels(embed, offsets, y):
+    """y (B,) for one attribute or (B, k) for k -> their embeddings (B, k, dim)."""
+    return embed(y.reshape(len(y), -1) + offsets)
+
+
 class Generator(nn.Module):
-    """(z (B, z_dim), y (B,)) -> image (B, 3, res, res): DCGAN's G on z joined to embed(y)
-    (sec. 3.2). One class: no embedding, y ignored."""
+    """(z (B, z_dim), y (B,) or (B, k)) -> image (B, 3, res, res): DCGAN's G on z joined to the
+    embeddings of the k labels (sec. 3.2). n_classes: the number of classes, or the list of each
+    attribute's number of values. One class: no embedding, y ignored."""
 
     def __init__(self, res=64, z_dim=100, ch=64, n_classes=1, embed_dim=50, slope=0.1):
         super().__init__()
         self.res, self.z_dim, self.n_classes = res, z_dim, n_classes
-        self.embed = nn.Embedding(n_classes, embed_dim) if n_classes > 1 else None
+        self.embed, offsets = label_embedding(n_classes, embed_dim)
+        self.register_buffer("offsets", offsets, persistent=False)
         n_up = int(math.log2(res)) - 2  # 4x4 -> res
         c = min(ch * 2 ** (n_up - 1), ch * 16)
-        c_in = z_dim + (embed_dim if self.embed is not None else 0)
+        c_in = z_dim + (len(offsets) * embed_dim if self.embed is not None else 0)
         first = nn.ConvTranspose2d(c_in, c, 4, 1, 0, bias=False)
         layers = [first, nn.BatchNorm2d(c), nn.LeakyReLU(slope, True)]
         for _ in range(n_up - 1):  # (B, c, s, s) -> (B, c/2, 2s, 2s)
@@ -91,15 +120,16 @@ class Generator(nn.Module):
         self.net = nn.Sequential(*layers)
 
     def forward(self, z, y=None):
-        if self.embed is not None:
-            z = torch.cat([z, self.embed(y)], 1)  # (B, z_dim) -> (B, z_dim + embed_dim)
+        if self.embed is not None:  # (B, z_dim) -> (B, z_dim + k * embed_dim)
+            z = torch.cat([z, embed_labels(self.embed, self.offsets, y).flatten(1)], 1)
         return self.net(z[:, :, None, None])  # (B, c_in, 1, 1) -> (B, c, 4, 4) -> (B, 3, res, res)
 
 
 class Discriminator(nn.Module):
-    """(image (B, 3, res, res), y (B,)) -> logit (B,); DCGAN's D, no BatchNorm on the input layer.
-    Projection (Miyato & Koyama eq. 3): logit = psi(h) + embed(y) . h, h = the 4x4 features,
-    psi = DCGAN's final 4x4 convolution (a linear map of h)."""
+    """(image (B, 3, res, res), y (B,) or (B, k)) -> logit (B,); DCGAN's D, no BatchNorm on the
+    input layer. Projection (Miyato & Koyama eq. 3): logit = psi(h) + sum_i embed(y_i) . h, one
+    inner product per attribute, h = the 4x4 features, psi = DCGAN's final 4x4 convolution (a
+    linear map of h)."""
 
     def __init__(self, res=64, ch=64, n_classes=1, slope=0.1):
         super().__init__()
@@ -112,15 +142,17 @@ class Discriminator(nn.Module):
             c = c2
         self.features = nn.Sequential(*layers)
         self.psi = nn.Conv2d(c, 1, 4, 1, 0, bias=False)  # (B, c, 4, 4) -> (B, 1, 1, 1)
-        self.embed = nn.Embedding(n_classes, c * 16) if n_classes > 1 else None
+        self.embed, offsets = label_embedding(n_classes, c * 16)
+        self.register_buffer("offsets", offsets, persistent=False)
         if self.embed is not None:
             nn.init.normal_(self.embed.weight, 0.0, 0.02)  # like psi, which maps the same h
 
     def forward(self, x, y=None):
         h = self.features(x)  # (B, c, 4, 4)
         logits = self.psi(h).flatten()  # (B,)
-        if self.embed is not None:
-            logits = logits + (self.embed(y) * h.flatten(1)).sum(1)  # (B, 16c) . (B, 16c) -> (B,)
+        if self.embed is not None:  # sum_i embed(y_i) . h = (sum_i embed(y_i)) . h
+            e = embed_labels(self.embed, self.offsets, y).sum(1)  # (B, k, 16c) -> (B, 16c)
+            logits = logits + (e * h.flatten(1)).sum(1)  # (B, 16c) . (B, 16c) -> (B,)
         return logits
 
 
@@ -193,11 +225,15 @@ def train(args):
     check_res(args.res)
     run = Run(args)  # device, precision, DDP, seed, --resume: the plumbing block below
     args, device = run.args, run.device
-    data = load_images(args.data, args.res, verbose=run.rank == 0)
+    columns = args.label_columns.split(",") if args.label_columns else None
+    data = load_images(args.data, args.res, run.rank == 0, args.labels, columns)
     batches = Batches(
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
-    n_classes = len(data.classes)
+    attrs = attributes(data.classes)  # [(name, values)]: one, or one per CSV column
+    y_all = torch.as_tensor(data.labels).reshape(len(data.labels), -1)  # (N, k)
+    counts = [torch.bincount(col, minlength=len(v)).tolist() for col, (_, v) in zip(y_all.T, attrs)]
+    n_classes = [len(values) for _, values in attrs]
     G = Generator(args.res, args.z_dim, args.g_ch, n_classes, args.embed_dim, args.slope).to(device)
     D = Discriminator(args.res, args.d_ch, n_classes, args.slope).to(device)
     G.apply(init_weights)
@@ -206,17 +242,38 @@ def train(args):
     # DCGAN sec. 4: Adam with beta1 0.5
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.5, 0.999))
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.5, 0.999))
+    if run.ckpt is not None:  # a checkpoint from before class counts were kept: this data's
+        run.ckpt.setdefault("class_counts", counts)
     run.track(
-        classes=data.classes, G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, loader=batches
+        classes=data.classes,
+        class_counts=counts,
+        G=G,
+        D=D,
+        G_ema=G_ema,
+        opt_G=opt_G,
+        opt_D=opt_D,
+        loader=batches,
     )  # --resume loads them, and refuses data with other classes
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
     G_train, D_train = run.wrap(G, D)  # DDP under torchrun, torch.compile with --compile
-    z_fixed, y_fixed = (t.to(device) for t in fixed_latents(n_classes, args.z_dim, args.seed))
-    if n_classes == 1:
-        about = f"{len(data.labels)} images of one class: training unconditionally (no embedding)"
+    if len(attrs) == 1:
+        z_fixed, y_fixed = fixed_latents(n_classes[0], args.z_dim, args.seed)
     else:
+        z_fixed, y_fixed = attribute_grid(counts, args.z_dim, args.seed)
+    z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device)
+    n = len(data.labels)
+    if n_classes == [1]:
+        about = f"{n} images of one class: training unconditionally (no embedding)"
+    elif len(attrs) == 1:
         rows = ", ".join(data.classes)
-        about = f"{len(data.labels)} images, {n_classes} classes, grid rows top to bottom: {rows}"
+        about = f"{n} images, {n_classes[0]} classes, grid rows top to bottom: {rows}"
+    else:
+        (down, down_values), (across, across_values), *rest = attrs
+        about = f"{n} images, attributes {', '.join(name for name, _ in attrs)}"
+        about += f", grid rows: {down} ({', '.join(down_values)})"
+        about += f", columns: {across} ({', '.join(across_values)})"
+        for (name, values), c in zip(rest, counts[2:]):
+            about += f", {name} {values[c.index(max(c))]} (its most frequent)"
 
     def g_step(x_fake, y, sigma):
         """(2) update G: maximise log D(G(z|y)|y), on noisy fakes as D sees them (sec. 3.2)."""
@@ -228,8 +285,14 @@ def train(args):
         scaler_G.update()
         return loss_G
 
-    for step in run.steps(grid=lambda: G_ema(z_fixed, y_fixed), about=about):
-        x_real, y_real = next(batches)  # (B, 3, res, res) in [-1, 1], (B,) labels
+    cols = len(attrs[1][1]) if len(attrs) > 1 else 0
+
+    def grid():  # several attributes: one column per value of the second
+        x = G_ema(z_fixed, y_fixed)
+        return make_grid(x, nrow=cols) if cols else x
+
+    for step in run.steps(grid=grid, about=about):
+        x_real, y_real = next(batches)  # (B, 3, res, res) in [-1, 1], (B,) or (B, k) labels
         x_real = x_real.contiguous(memory_format=run.layout)
         sigma = noise_std(step * args.batch / 1000, args.noise_std, args.noise_kimg)
         z = torch.randn(x_real.shape[0], args.z_dim, device=device)
@@ -296,40 +359,110 @@ def fixed_latents(n_classes, z_dim, seed, per_class=8):
     return z, torch.arange(n_classes).repeat_interleave(per_class)
 
 
-def class_index(classes, name):
-    """--class NAME or INDEX -> the class's index in this checkpoint's classes."""
-    if name in classes:
-        return classes.index(name)
-    if name.isdigit() and int(name) < len(classes):
-        return int(name)
-    raise UserError(f"--class {name}: not one of this checkpoint's classes: {', '.join(classes)}")
+def attribute_grid(counts, z_dim, seed):
+    """The training grid of several attributes: rows are the first attribute's values, columns
+    the second's, one z per row (the same z across it), so that a row differs along it only by
+    the second label and down a column only by the first and z; further attributes at their most
+    frequent value. counts: each attribute's value counts."""
+    gen = torch.Generator().manual_seed(seed)
+    rows, cols = len(counts[0]), len(counts[1])
+    z = sample_z(rows, z_dim, gen).repeat_interleave(cols, 0)  # (rows * cols, z_dim)
+    rest = [c.index(max(c)) for c in counts[2:]]
+    y = torch.tensor([[r, c, *rest] for r in range(rows) for c in range(cols)])  # (rows * cols, k)
+    return z, y
+
+
+def attributes(classes):
+    """A checkpoint's classes as [(name, values)]: subfolders or one CSV column -> one attribute."""
+    return list(classes.items()) if isinstance(classes, dict) else [("class", list(classes))]
+
+
+def parse_class(classes, spec):
+    """--class SPEC -> {attribute index: value index}. SPEC: a value of exactly one attribute
+    ("blonde"; with one attribute also its index, "3"), or name=value pairs, any subset
+    ("hair=blonde,eyes=blue")."""
+    attrs = attributes(classes)
+    names = [name for name, _ in attrs]
+    if "=" not in spec:
+        if len(attrs) == 1 and spec not in attrs[0][1] and spec.isdigit():
+            if int(spec) < len(attrs[0][1]):
+                return {0: int(spec)}
+        found = [i for i, (_, values) in enumerate(attrs) if spec in values]
+        if len(found) > 1:
+            several = ", ".join(names[i] for i in found)
+            why = f"a value of several attributes ({several}): name it, e.g. {names[found[0]]}="
+            raise UserError(f"--class {spec}: {why}{spec}")
+        if not found and len(attrs) == 1:
+            values = ", ".join(attrs[0][1])
+            raise UserError(f"--class {spec}: not one of this checkpoint's classes: {values}")
+        if not found:
+            each = "; ".join(f"{name}: {', '.join(values)}" for name, values in attrs)
+            raise UserError(f"--class {spec}: not a value of any attribute ({each})")
+        return {found[0]: attrs[found[0]][1].index(spec)}
+    fixed = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name not in names:
+            raise UserError(
+                f"--class {spec}: no attribute '{name}' (attributes: {', '.join(names)})"
+            )
+        i = names.index(name)
+        if i in fixed:
+            raise UserError(f"--class {spec}: {name} is given twice")
+        if value not in attrs[i][1]:
+            raise UserError(f"--class {spec}: not a {name} value: {', '.join(attrs[i][1])}")
+        fixed[i] = attrs[i][1].index(value)
+    return fixed
+
+
+def draw_labels(classes, counts, n, gen, fixed=None):
+    """n labels, (n,) for one attribute, (n, k) for several: the attributes in `fixed` ({attribute
+    index: value index}) set, every other drawn i.i.d. from its training frequencies `counts`
+    (each attribute's value counts)."""
+    fixed, cols = fixed or {}, []
+    for i, c in enumerate(counts):
+        if i in fixed:
+            cols.append(torch.full((n,), fixed[i], dtype=torch.long))
+        else:
+            p = torch.tensor(c, dtype=torch.float)
+            cols.append(torch.multinomial(p, n, replacement=True, generator=gen))
+    return cols[0] if len(attributes(classes)) == 1 else torch.stack(cols, 1)
 
 
 def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res, .z_dim and .classes for generate()."""
+    """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .classes and .class_counts for
+    generate()."""
     ckpt = load_checkpoint(path, device)
-    a, n_classes = ckpt["args"], len(ckpt["classes"])
+    a, n_classes = ckpt["args"], [len(values) for _, values in attributes(ckpt["classes"])]
     G = Generator(a["res"], a["z_dim"], a["g_ch"], n_classes, a["embed_dim"], a["slope"])
     G = G.to(device)
     G.load_state_dict(ckpt["G_ema"])
     G.classes = ckpt["classes"]
+    # checkpoints from before class counts were kept: uniform
+    G.class_counts = ckpt.get("class_counts", [[1] * n for n in n_classes])
     return G.eval().requires_grad_(False)
 
 
-def labels(G, n, y=None):
-    """y as (n,) labels: None cycles through the classes (0, 1, 2, ...), an int is one class."""
+def labels(G, n, y=None, seed=0):
+    """y as labels, (n,) for one attribute, (n, k) for several. None: one attribute cycles
+    through the classes (0, 1, 2, ...); several are drawn from their training frequencies,
+    seeded by `seed`. An int is one class (one attribute); a tensor is used as it is."""
+    if y is None and isinstance(G.classes, dict):
+        return draw_labels(G.classes, G.class_counts, n, torch.Generator().manual_seed(seed))
     if y is None:
         return torch.arange(n) % len(G.classes)
-    return torch.as_tensor(y, dtype=torch.long).expand(n)
+    y = torch.as_tensor(y, dtype=torch.long)
+    return y if y.dim() == 2 else y.expand(n)
 
 
 @torch.no_grad()
 def generate(G, n, seed=0, truncation=None, y=None):
     """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
-    truncation: a bound on |z| (entries beyond it are redrawn). y: an int class index or (n,)
-    labels; None cycles through the classes."""
+    truncation: a bound on |z| (entries beyond it are redrawn). y: an int class index, (n,)
+    labels or (n, k) for several attributes; None cycles through the classes (one attribute) or
+    draws each attribute from its training frequencies (several)."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    y, device = labels(G, n, y), next(G.parameters()).device
+    y, device = labels(G, n, y, seed), next(G.parameters()).device
     parts = [G(z[i : i + 256].to(device), y[i : i + 256].to(device)) for i in range(0, n, 256)]
     return torch.cat([x.float().cpu() for x in parts])
 
@@ -340,7 +473,7 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
     image keeps its label (y as in generate())."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
     zs, frames = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)], []
-    y = labels(G, n, y).to(device)
+    y = labels(G, n, y, seed).to(device)
     for a, b in zip(zs, zs[1:] + zs[:1]):
         cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True)
         omega = torch.arccos(cos.clamp(-1, 1)).clamp_min(1e-6)  # (n, 1): the angle a to b
@@ -355,9 +488,12 @@ def sample(args):
     tag, y = f"seed{args.seed}", None
     if args.class_name is not None and len(G.classes) == 1:
         raise UserError("this checkpoint was trained unconditionally (one class): drop --class")
-    if args.class_name is not None:
-        y = class_index(G.classes, args.class_name)
-        tag += f"_{G.classes[y]}"
+    if args.class_name is not None:  # the named values set, the others drawn as in training
+        fixed = parse_class(G.classes, args.class_name)
+        gen = torch.Generator().manual_seed(args.seed)
+        y = draw_labels(G.classes, G.class_counts, args.n, gen, fixed)
+        attrs = attributes(G.classes)
+        tag += "".join(f"_{attrs[i][1][v]}" for i, v in fixed.items())
     folder = os.path.dirname(args.sample)
     if args.interp:
         frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)
@@ -682,8 +818,20 @@ def get_args(argv=None):
     add(
         "--class",
         dest="class_name",
-        metavar="NAME_OR_INDEX",
-        help="sampling: only this class (name or index)",
+        metavar="SPEC",
+        help="sampling: only this class (name or index), or attribute values such as "
+        "hair=blonde,eyes=blue (any subset; the others drawn from their training frequencies)",
+    )
+    add(
+        "--labels",
+        metavar="FILE.csv",
+        help="attribute labels: a CSV with a file column (paths relative to --data) and "
+        "attribute columns; default: subfolders",
+    )
+    add(
+        "--label-columns",
+        metavar="NAMES",
+        help="the --labels columns to condition on, comma-separated (e.g. hair,eyes); default: all",
     )
     add("--z-dim", type=positive(int), default=100, help="latent size (DCGAN's 100)")
     add("--g-ch", type=positive(int), default=64, help="G width: its last hidden layer")

@@ -11,6 +11,7 @@
 The cache lives in $GAN_CACHE_DIR, else $XDG_CACHE_HOME/anime-gans, else ~/.cache/anime-gans.
 """
 
+import csv
 import hashlib
 import io
 import json
@@ -107,43 +108,135 @@ def cache_dir():
     return os.environ.get("GAN_CACHE_DIR", default)
 
 
-def load_images(data, res, verbose=True):
-    """Folder / .zip / 'toy' -> ImageSet, decoded once and memory-mapped from the cache."""
+def load_images(data, res, verbose=True, labels=None, label_columns=None):
+    """Folder / .zip / 'toy' -> ImageSet, decoded once and memory-mapped from the cache.
+    labels: a CSV (`file` column, paths relative to data, plus attribute columns) whose columns
+    (label_columns, default all) label the images instead of the subfolders. One column: classes
+    is a list and labels (N,), as for subfolders; several: classes {column: values}, labels (N, k).
+    """
     say = print if verbose else (lambda *a, **k: None)
+    if label_columns and not labels:
+        raise UserError("--label-columns needs --labels FILE.csv")
     if data == "toy":
-        key_src, files = ["toy", res, CACHE_VERSION], None
+        if labels:
+            raise UserError("--labels needs --data FOLDER or FILE.zip, not toy")
+        key_src, files, table = ["toy", res, CACHE_VERSION], None, None
     else:
         data = os.path.abspath(os.path.expanduser(data))
         files = _list_files(data)
         if not files:
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found in {data!r}")
+        table = read_labels(labels, label_columns) if labels else None
         key_src = [data, res, CACHE_VERSION, files]
+        key_src += [table["sha1"], table["columns"]] if table else []
     key = hashlib.sha1(json.dumps(key_src).encode()).hexdigest()[:16]
     base = os.path.join(
         cache_dir(), f"{os.path.basename(str(data)).removesuffix('.zip')}_{res}px_{key}"
     )
     if not os.path.exists(base + ".json"):
         os.makedirs(cache_dir(), exist_ok=True)
-        _build_cache(data, res, files, base, say)
+        _build_cache(data, res, files, base, say, table)
     meta = json.load(open(base + ".json"))
     n = len(meta["labels"])
     images = np.memmap(base + ".u8", dtype=np.uint8, mode="r", shape=(n, res, res, 3))
+    for note in meta.get("notes", []):
+        say(note)
     if meta["skipped"]:
         say(f"skipped {meta['skipped']} unreadable or corrupt file(s) of {n + meta['skipped']}")
     return ImageSet(images, np.array(meta["labels"], dtype=np.int64), meta["classes"])
 
 
-def _build_cache(data, res, files, base, say):
+def read_labels(path, columns=None):
+    """A labels CSV -> {"columns", "rows": {file: (line, values)}, "sha1"}; one-line errors."""
+    if not os.path.isfile(path):
+        raise UserError(f"labels file {path!r} not found")
+    with open(path, "rb") as f:
+        raw = f.read()
+    try:
+        lines = list(csv.reader(io.StringIO(raw.decode("utf-8-sig"))))
+    except (UnicodeDecodeError, csv.Error) as e:
+        raise UserError(f"{path}: not a readable CSV ({e})") from None
+    header = [h.strip() for h in lines[0]] if lines else []
+    if "file" not in header:
+        raise UserError(f"{path}: no 'file' column in its first line ({', '.join(header)})")
+    attrs = [h for h in header if h != "file"]
+    columns = list(columns) if columns else attrs
+    for c in columns:
+        if c not in attrs:
+            raise UserError(f"{path}: no column {c!r} (columns: {', '.join(header)})")
+    if not columns:
+        raise UserError(f"{path}: no attribute columns besides 'file'")
+    if len(set(columns)) < len(columns):
+        raise UserError(f"--label-columns names a column twice: {','.join(columns)}")
+    idx = [header.index(c) for c in columns]
+    rows, fi = {}, header.index("file")
+    for line, row in enumerate(lines[1:], start=2):
+        if not any(cell.strip() for cell in row):
+            continue  # blank line
+        if len(row) != len(header):
+            raise UserError(f"{path} line {line}: {len(row)} fields, the header has {len(header)}")
+        name = row[fi].strip().replace("\\", "/").removeprefix("./")
+        if name in rows:
+            raise UserError(f"{path} lines {rows[name][0]} and {line}: two rows for {name}")
+        rows[name] = (line, [row[i].strip() for i in idx])
+    return {"columns": columns, "rows": rows, "sha1": hashlib.sha1(raw).hexdigest(), "path": path}
+
+
+def _match_labels(files, table):
+    """Files and CSV rows -> (kept files, their value lists, notes): rows without a file, images
+    without a row, empty values and values seen once are left out, each counted in a note."""
+    rows, cols, name = table["rows"], table["columns"], os.path.basename(table["path"])
+    present = {f[0] for f in files}
+    notes = []
+
+    def note(what, examples):
+        if examples:
+            notes.append(f"{name}: skipped {len(examples)} {what} (first: {examples[0]})")
+
+    note("row(s) whose file is not in the data", [f for f in rows if f not in present])
+    note("image(s) with no row", [f[0] for f in files if f[0] not in rows])
+    kept = [f for f in files if f[0] in rows]
+    empty = [f"{f[0]}, line {rows[f[0]][0]}" for f in kept if "" in rows[f[0]][1]]
+    note("row(s) with an empty value", empty)
+    kept = [f for f in kept if "" not in rows[f[0]][1]]
+    while True:  # a value seen once is more likely a typo than a class: leave its row out
+        counts = [{} for _ in cols]
+        for f in kept:
+            for j, v in enumerate(rows[f[0]][1]):
+                counts[j][v] = counts[j].get(v, 0) + 1
+        rare = [f for f in kept if any(counts[j][v] == 1 for j, v in enumerate(rows[f[0]][1]))]
+        if not rare:
+            break
+        once = [
+            f"{cols[j]}={v!r}, line {rows[f[0]][0]}"
+            for f in rare
+            for j, v in enumerate(rows[f[0]][1])
+            if counts[j][v] == 1
+        ]
+        note("row(s) with a value seen only once", once)
+        kept = [f for f in kept if f not in rare]
+    if not kept:
+        raise UserError(f"{table['path']}: no row names an image in the data")
+    return kept, [rows[f[0]][1] for f in kept], notes
+
+
+def _build_cache(data, res, files, base, say, table=None):
     """Decode every image into a raw uint8 file (written in order, so it never sits in RAM whole),
     then publish it atomically: the .json is written last and marks the cache complete."""
     tmp = f"{base}.{os.getpid()}.tmp"
+    notes = []
     if files is None:
         arrays, labels, classes = make_toy(res)
         arrays.tofile(tmp)
         n_ok, skipped = len(arrays), 0
     else:
+        if table:  # one value list per file, from the CSV's columns
+            files, values, notes = _match_labels(files, table)
+        else:  # or one value, its subfolder
+            values = [[name] for name in _class_of([f[0] for f in files])[0]]
         say(f"decoding {len(files)} images from {data} at {res}x{res} (cached for later runs)...")
-        names, classes = _class_of([f[0] for f in files])
+        k = len(values[0])
+        vocab = [{v: i for i, v in enumerate(sorted({row[j] for row in values}))} for j in range(k)]
         zf = zipfile.ZipFile(data) if data.lower().endswith(".zip") else None
 
         def read(rel):
@@ -159,20 +252,29 @@ def _build_cache(data, res, files, base, say):
         with open(tmp, "wb") as out, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for start in range(0, len(files), 4096):  # in chunks: bounded memory for huge sets
                 chunk = files[start : start + 4096]
-                for name, arr in zip(names[start:], pool.map(read, [f[0] for f in chunk])):
+                for row, arr in zip(values[start:], pool.map(read, [f[0] for f in chunk])):
                     if arr is not None:
                         out.write(arr.tobytes())
-                        labels.append(classes.index(name))
+                        labels.append([vocab[j][v] for j, v in enumerate(row)])
                         n_ok += 1
         skipped = len(files) - n_ok
         if n_ok == 0:
             os.remove(tmp)
             raise UserError(f"none of the {len(files)} image files in {data!r} could be read")
-        used = sorted(set(labels))  # a class whose every image was corrupt is dropped
-        labels = [used.index(c) for c in labels]
-        classes = [classes[c] for c in used]
+        names = [sorted(v, key=v.get) for v in vocab]
+        for j in range(k):  # a value whose every image was corrupt is dropped
+            used = sorted({row[j] for row in labels})
+            remap = {c: i for i, c in enumerate(used)}
+            for row in labels:
+                row[j] = remap[row[j]]
+            names[j] = [names[j][c] for c in used]
+        if table and k > 1:
+            classes = dict(zip(table["columns"], names))
+        else:
+            classes, labels = names[0], [row[0] for row in labels]
     os.replace(tmp, base + ".u8")
-    meta = {"labels": [int(c) for c in labels], "classes": classes, "skipped": skipped}
+    labels = np.asarray(labels, dtype=np.int64).tolist()
+    meta = {"labels": labels, "classes": classes, "skipped": skipped, "notes": notes}
     with open(tmp, "w") as f:
         json.dump(meta, f)
     os.replace(tmp, base + ".json")
@@ -353,9 +455,15 @@ def save_progress_gif(samples_dir, path, max_frames=100):
 
 
 def save_samples(out, step, images):
-    """A run's pictures at a sample step: samples/step_XXXXXX.png (8 per row), progress.gif of
-    all of those, and loss.png from log.jsonl (once it exists)."""
-    save_grid(images, os.path.join(out, "samples", f"step_{step:06d}.png"), nrow=8)
+    """A run's pictures at a sample step: samples/step_XXXXXX.png (a tensor of images: 8 per row;
+    or a picture already laid out by make_grid), progress.gif of all of those, and loss.png from
+    log.jsonl (once it exists)."""
+    path = os.path.join(out, "samples", f"step_{step:06d}.png")
+    if isinstance(images, Image.Image):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        images.save(path)
+    else:
+        save_grid(images, path, nrow=8)
     save_progress_gif(os.path.join(out, "samples"), os.path.join(out, "progress.gif"))
     if os.path.exists(os.path.join(out, "log.jsonl")):
         plot_losses(os.path.join(out, "log.jsonl"), os.path.join(out, "loss.png"))

@@ -4,7 +4,7 @@ Laine, Miika Aittala, Janne Hellsten, Jaakko Lehtinen, Timo Aila, 2020. arXiv:19
 Hellsten, Samuli Laine, Jaakko Lehtinen, Timo Aila, 2020. arXiv:2006.06676.
 
 Paper -> code
-- mapping network: pixel-normalised z (+ class embedding), FC layers at lr x0.01 (the paper's 8;
+- mapping network: pixel-normalised z (+ label embedding), FC layers at lr x0.01 (the paper's 8;
   --map-layers 2 by default, see below); w_avg tracked for the truncation trick (StyleGAN
   sec. 2, 5.2)                                                          -> MappingNetwork
 - equalised learning rate everywhere (Karras et al. 2018 sec. 4.1)      -> FC, Conv, SynthesisLayer
@@ -40,6 +40,13 @@ Not from the paper: what changes results
   (the official pipeline filters every image). p is clamped to [0, 1] (official: only >= 0).
 - --z-dim defaults to --w-dim (512 by default, as the paper). Fake images take the labels of
   the real batch.
+- Several attributes (--labels, a CSV of tags such as hair and eyes): the paper's label c is one
+  class's one-hot; here it is the attributes' one-hots side by side (sum of their sizes wide, one
+  1 per attribute; the official code takes any vector c), so G's embedding of c is a sum of one
+  learned vector per attribute value, and D projects on its mapping of the same c, which sees
+  the attributes jointly (not one inner product per attribute). One attribute (subfolders or one
+  column) is the paper's case. Sampling draws attributes not asked for from their training
+  frequencies; training grids show the first attribute down and the second across.
 - G_ema's half-life ramps up: min(--ema-kimg, 0.05 * images seen), as the official code; its
   buffers (w_avg) are copied from G.
 - Noise inputs are random while training and fixed buffers in eval (official generate.py's
@@ -61,11 +68,13 @@ Not from the paper: engineering
 Usage
     python stylegan2_ada.py                          # built-in toy faces, 64x64, conditional
     python stylegan2_ada.py --data ./faces           # any folder or .zip; subfolders = classes
+    python stylegan2_ada.py --data ./faces --labels tags.csv [--label-columns hair,eyes]
     # CPU smoke run:
     python stylegan2_ada.py --res 32 --steps 200 --batch 8 --cbase 256 --cmax 16 --w-dim 32
     python stylegan2_ada.py --resume --steps 60000   # continue out/stylegan2_ada/ckpt.pt
     torchrun --nproc_per_node=4 stylegan2_ada.py --data ./faces
     python stylegan2_ada.py --sample out/stylegan2_ada/ckpt.pt --n 64 [--class blonde]
+        [--class hair=blonde,eyes=blue]   # several attributes: any subset, the rest drawn
         [--truncation 0.7 [--truncation-cutoff 8]] [--interp | --mixing]
 """
 
@@ -197,13 +206,21 @@ class Conv(nn.Module):
 
 
 class MappingNetwork(nn.Module):
-    """z (B, z_dim) [+ class y] -> ws (B, num_ws, w_dim); with num_ws=None (D's class embedding,
-    z_dim 0) -> (B, w_dim). Tracks w_avg, the centre that truncation pulls towards."""
+    """z (B, z_dim) [+ labels y] -> ws (B, num_ws, w_dim); with num_ws=None (D's class embedding,
+    z_dim 0) -> (B, w_dim). Tracks w_avg, the centre that truncation pulls towards.
+    classes: 0 (unconditional), n (one attribute, y (B,)) or [n_1, ..., n_k] (k attributes,
+    y (B, k)); the label vector c is the one-hot of y, or the k one-hots side by side."""
 
     def __init__(self, z_dim, w_dim, classes, layers, num_ws, w_avg_beta=0.995):
         super().__init__()
-        self.z_dim, self.classes, self.num_ws, self.w_avg_beta = z_dim, classes, num_ws, w_avg_beta
-        self.embed = FC(classes, w_dim) if classes else None
+        self.sizes = classes if isinstance(classes, list) else [classes] if classes else []
+        self.classes = sum(self.sizes)  # the width of c
+        self.z_dim, self.num_ws, self.w_avg_beta = z_dim, num_ws, w_avg_beta
+        self.embed = FC(self.classes, w_dim) if classes else None
+        # attribute j's values are the n_j columns of c from offsets[j]; a buffer that is not
+        # saved, so checkpoints keep their keys
+        offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
+        self.register_buffer("offsets", offsets, persistent=False)
         dims = [z_dim + (w_dim if classes else 0)] + [w_dim] * layers
         self.net = nn.Sequential(
             *[FC(a, b, act=True, lr_mul=0.01) for a, b in zip(dims[:-1], dims[1:])]
@@ -213,8 +230,9 @@ class MappingNetwork(nn.Module):
     def forward(self, z, y=None, psi=1.0, cutoff=None, update_w_avg=True):
         with torch.autocast((z if z is not None else y).device.type, enabled=False):
             x = [normalize_2nd_moment(z.float())] if self.z_dim else []
-            if self.classes:
-                x.append(normalize_2nd_moment(self.embed(F.one_hot(y, self.classes).float())))
+            if self.classes:  # c (B, sum n_i): one 1 per attribute
+                c = F.one_hot(y.reshape(len(y), -1) + self.offsets, self.classes).sum(1)
+                x.append(normalize_2nd_moment(self.embed(c.float())))
             w = self.net(torch.cat(x, 1))
             if self.num_ws is None:
                 return w
@@ -306,13 +324,14 @@ class SynthesisBlock(nn.Module):
 
 
 class Generator(nn.Module):
-    """z (B, z_dim), y (B,) labels or None -> image (B, 3, res, res), roughly in [-1, 1]."""
+    """z (B, z_dim), y (B,) or (B, k) labels or None -> image (B, 3, res, res), roughly in [-1, 1].
+    classes: 0, n or [n_1, ..., n_k], as MappingNetwork."""
 
     def __init__(
         self, res=64, z_dim=512, w_dim=512, classes=0, cbase=16384, cmax=512, map_layers=2
     ):
         super().__init__()
-        self.res, self.z_dim, self.c_dim = res, z_dim, classes
+        self.res, self.z_dim = res, z_dim
         blocks, c_in = [], 0
         for r in [2**i for i in range(2, int(math.log2(res)) + 1)]:
             c = min(cbase // r, cmax)
@@ -322,6 +341,7 @@ class Generator(nn.Module):
         # toRGB of block i shares conv0's w of block i+1
         self.num_ws = sum(b.num_conv for b in blocks) + 1
         self.mapping = MappingNetwork(z_dim, w_dim, classes, map_layers, self.num_ws)
+        self.c_dim = self.mapping.classes
 
     def synthesis(self, ws):  # (B, num_ws, w_dim) -> (B, 3, res, res)
         x = img = None
@@ -381,8 +401,8 @@ def minibatch_std(x, group=4):
 
 
 class Discriminator(nn.Module):
-    """image (B, 3, res, res), y (B,) or None -> logit (B,). Conditional: the output is projected
-    on an embedding of y, <out, cmap> / sqrt(dim), cmap from a mapping network of y with
+    """image (B, 3, res, res), y (B,) or (B, k) or None -> logit (B,). Conditional: the output is
+    projected on an embedding of y, <out, cmap> / sqrt(dim), cmap from a mapping network of y with
     map_layers 8 whatever G's depth (official networks.py:714 passes no num_layers, so the
     default 8 of networks.py:180; train.py:180 sets only G's)."""
 
@@ -596,15 +616,39 @@ def all_reduce_grads(module):
         p.grad.copy_(g.view_as(p))
 
 
+def label_sizes(classes):
+    """The Generator's and Discriminator's `classes` for a dataset's or checkpoint's classes: 0 for
+    one class (unconditional), n for one attribute of n values, [n_1, ..., n_k] for several."""
+    sizes = [len(values) for _, values in attributes(classes)]
+    return sizes if len(sizes) > 1 else sizes[0] if sizes[0] > 1 else 0
+
+
+def attribute_grid(z_fixed, classes, counts):
+    """The training grid with several attributes: rows are the values of the first attribute,
+    columns those of the second, one z per row; further attributes at their most frequent value.
+    -> z (n1 * n2, z_dim), y (n1 * n2, k), in rows."""
+    n1, n2 = (len(values) for _, values in attributes(classes)[:2])
+    common_values = [max(range(len(c)), key=c.__getitem__) for c in counts]
+    y = torch.tensor(common_values).repeat(n1 * n2, 1)
+    y[:, 0], y[:, 1] = torch.arange(n1).repeat_interleave(n2), torch.arange(n2).repeat(n1)
+    return z_fixed[:n1].repeat_interleave(n2, 0), y
+
+
 def train(args):
     check_res(args.res)
     run = Run(args)  # device, precision, seed, --resume: the plumbing block below
     args, device = run.args, run.device
-    data = load_images(args.data, args.res, verbose=run.rank == 0)
+    columns = [c.strip() for c in args.label_columns.split(",")] if args.label_columns else None
+    data = load_images(
+        args.data, args.res, verbose=run.rank == 0, labels=args.labels, label_columns=columns
+    )
     batches = Batches(
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
-    classes = len(data.classes) if len(data.classes) > 1 else 0  # labelled data: conditional
+    classes = label_sizes(data.classes)  # labelled data: conditional
+    attrs = attributes(data.classes)
+    y_all = torch.from_numpy(data.labels).view(len(data.labels), -1)  # (N, k)
+    counts = [y_all[:, j].bincount(minlength=len(v)).tolist() for j, (_, v) in enumerate(attrs)]
     args.z_dim = args.z_dim or args.w_dim
     # unset knobs take the official 'auto' config for one GPU at this --res and --batch
     # (stylegan2-ada-pytorch train.py:169-174): R1 gamma and the EMA half-life follow the batch,
@@ -635,8 +679,11 @@ def train(args):
     ada_p = torch.tensor(args.p if args.aug == "fixed" else 0.0, device=device)
     ada_signs = torch.zeros(2, device=device)  # sum of sign(D(x_real)), count since the p update
     pl_mean = torch.zeros((), device=device)  # the path length target a (StyleGAN2 eq. 4)
+    if run.ckpt is not None:  # a checkpoint from before attribute labels
+        run.ckpt.setdefault("class_counts", counts)
     run.track(
         classes=data.classes,
+        class_counts=counts,
         G=G,
         D=D,
         G_ema=G_ema,
@@ -652,18 +699,33 @@ def train(args):
     # R1 and path length below always use the eager G and D (double backward).
     G_train, D_train = run.wrap(G, D, ddp=False)
     r1_last, pl_last = torch.zeros((), device=device), torch.zeros((), device=device)
-    z_fixed = torch.randn(64, args.z_dim, generator=torch.Generator().manual_seed(args.seed))
-    z_fixed = z_fixed.to(device)
-    y_fixed = (torch.arange(64) % classes).to(device) if classes else None
+    about, gen = f"{len(data.labels)} images", torch.Generator().manual_seed(args.seed)
+    cols = len(attrs[1][1]) if len(attrs) > 1 else 0
+    if cols:  # a table: the first attribute down, the second across, one z per row
+        z_fixed = torch.randn(len(attrs[0][1]), args.z_dim, generator=gen)
+        z_fixed, y_fixed = attribute_grid(z_fixed, data.classes, counts)
+        (down, down_values), (across, across_values) = attrs[:2]
+        about += f", attributes {', '.join(f'{a} ({len(v)})' for a, v in attrs)} (conditional)"
+        about += f"; grid rows: {down} ({', '.join(down_values)})"
+        about += f", columns: {across} ({', '.join(across_values)})"
+        about += "".join(f", {a}={v[y_fixed[0, j]]}" for j, (a, v) in enumerate(attrs) if j > 1)
+    else:
+        z_fixed = torch.randn(64, args.z_dim, generator=gen)
+        y_fixed = torch.arange(64) % classes if classes else None
+        about += f", {classes} classes (conditional)" if classes else ""
+    z_fixed, y_fixed = z_fixed.to(device), None if y_fixed is None else y_fixed.to(device)
 
     def aug(x):  # ADA: every image D sees, real or fake, in D, G and R1 steps (ADA sec. 2.3)
         return augment(x, ada_p) if args.aug != "none" else x
 
-    about = f"{len(data.labels)} images"
-    about += f", {classes} classes (conditional)" if classes else ""
     about += f" | aug {args.aug} | r1_gamma {args.r1_gamma:.4g} | ema_kimg {args.ema_kimg:.4g}"
-    for step in run.steps(grid=lambda: G_ema(z_fixed, y_fixed), about=about):
-        x_real, y = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,)
+
+    def grid():  # several attributes: one column per value of the second
+        x = G_ema(z_fixed, y_fixed)
+        return make_grid(x, nrow=cols) if cols else x
+
+    for step in run.steps(grid=grid, about=about):
+        x_real, y = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,) or (B, k)
         y = y if classes else None
         x_real = x_real.contiguous(memory_format=run.layout)
         z = torch.randn(x_real.shape[0], args.z_dim, device=device)
@@ -752,36 +814,97 @@ def train(args):
 # --- sampling -----------------------------------------------------------------------------------
 
 
+def attributes(classes):
+    """A checkpoint's classes as [(name, values)]: subfolders or one CSV column -> one attribute."""
+    return list(classes.items()) if isinstance(classes, dict) else [("class", list(classes))]
+
+
+def parse_class(classes, spec):
+    """--class SPEC -> {attribute index: value index}. SPEC: a value of exactly one attribute
+    ("blonde"; with one attribute also its index, "3"), or name=value pairs, any subset
+    ("hair=blonde,eyes=blue")."""
+    attrs = attributes(classes)
+    names = [name for name, _ in attrs]
+    if "=" not in spec:
+        if len(attrs) == 1 and spec not in attrs[0][1] and spec.isdigit():
+            if int(spec) < len(attrs[0][1]):
+                return {0: int(spec)}
+        found = [i for i, (_, values) in enumerate(attrs) if spec in values]
+        if len(found) > 1:
+            several = ", ".join(names[i] for i in found)
+            why = f"a value of several attributes ({several}): name it, e.g. {names[found[0]]}="
+            raise UserError(f"--class {spec}: {why}{spec}")
+        if not found and len(attrs) == 1:
+            values = ", ".join(attrs[0][1])
+            raise UserError(f"--class {spec}: not one of this checkpoint's classes: {values}")
+        if not found:
+            each = "; ".join(f"{name}: {', '.join(values)}" for name, values in attrs)
+            raise UserError(f"--class {spec}: not a value of any attribute ({each})")
+        return {found[0]: attrs[found[0]][1].index(spec)}
+    fixed = {}
+    for part in spec.split(","):
+        name, _, value = part.partition("=")
+        if name not in names:
+            raise UserError(
+                f"--class {spec}: no attribute '{name}' (attributes: {', '.join(names)})"
+            )
+        i = names.index(name)
+        if i in fixed:
+            raise UserError(f"--class {spec}: {name} is given twice")
+        if value not in attrs[i][1]:
+            raise UserError(f"--class {spec}: not a {name} value: {', '.join(attrs[i][1])}")
+        fixed[i] = attrs[i][1].index(value)
+    return fixed
+
+
+def draw_labels(classes, counts, n, gen, fixed=None):
+    """n labels, (n,) for one attribute, (n, k) for several: the attributes in `fixed` ({attribute
+    index: value index}) set, every other drawn i.i.d. from its training frequencies `counts`
+    (each attribute's value counts)."""
+    fixed, cols = fixed or {}, []
+    for i, c in enumerate(counts):
+        if i in fixed:
+            cols.append(torch.full((n,), fixed[i], dtype=torch.long))
+        else:
+            p = torch.tensor(c, dtype=torch.float)
+            cols.append(torch.multinomial(p, n, replacement=True, generator=gen))
+    return cols[0] if len(attributes(classes)) == 1 else torch.stack(cols, 1)
+
+
 def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .c_dim and .classes for generate()."""
+    """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .c_dim, .classes and .class_counts (the
+    training images per attribute value) for generate()."""
     ckpt = load_checkpoint(path, device)
     a = ckpt["args"]
-    classes = len(ckpt["classes"]) if len(ckpt["classes"]) > 1 else 0
     G = Generator(
-        a["res"], a["z_dim"], a["w_dim"], classes, a["cbase"], a["cmax"], a["map_layers"]
+        a["res"],
+        a["z_dim"],
+        a["w_dim"],
+        label_sizes(ckpt["classes"]),
+        a["cbase"],
+        a["cmax"],
+        a["map_layers"],
     ).to(device)
     G.load_state_dict(ckpt["G_ema"])
     G.classes, G.truncation_cutoff = ckpt["classes"], None
+    # checkpoints from before attribute labels have no counts: uniform
+    uniform = [[1] * len(values) for _, values in attributes(G.classes)]
+    G.class_counts = ckpt.get("class_counts", uniform)
     return G.eval().requires_grad_(False)
 
 
-def class_index(classes, name):
-    """--class NAME or INDEX -> the class's index in this checkpoint's classes."""
-    if name in classes:
-        return classes.index(name)
-    if name.isdigit() and int(name) < len(classes):
-        return int(name)
-    raise UserError(f"--class {name}: not one of this checkpoint's classes: {', '.join(classes)}")
-
-
-def labels(G, n, y=None):
-    """(n,) labels for a conditional G: y (an int or (n,) labels), else the classes in turn,
-    arange(n) % classes. An unconditional G gets None."""
+def labels(G, n, y=None, seed=0):
+    """Labels for n images of a conditional G: y as given (an int, or (n,) or (n, k) labels); else
+    with one attribute the classes in turn, arange(n) % classes, and with several each attribute
+    drawn from its training frequencies (seeded by `seed`). An unconditional G gets None."""
     if not G.c_dim:
         return None
+    if y is None and len(G.mapping.sizes) > 1:
+        return draw_labels(G.classes, G.class_counts, n, torch.Generator().manual_seed(seed))
     if y is None:
         return torch.arange(n) % G.c_dim
-    return torch.as_tensor(y, dtype=torch.long).expand(n).clone()
+    y = torch.as_tensor(y, dtype=torch.long)
+    return y.expand(n).clone() if y.dim() == 0 else y
 
 
 def ws_for(G, z, y, truncation):
@@ -796,9 +919,11 @@ def ws_for(G, z, y, truncation):
 def generate(G, n, seed=0, truncation=None, y=None):
     """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
     truncation: psi in W (w = w_avg + psi (w - w_avg)) on the first G.truncation_cutoff styles.
-    y: an int class index or (n,) labels; None: the classes in turn. Unconditional G: ignored."""
+    y: an int class index, (n,) or (n, k) labels; None: one attribute's classes in turn, several
+    attributes drawn from their training frequencies (seeded by `seed`). Unconditional G: ignored.
+    """
     z = torch.randn(n, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    y, images = labels(G, n, y), []
+    y, images = labels(G, n, y, seed), []
     for i in range(0, n, 256):
         ws = ws_for(G, z[i : i + 256], None if y is None else y[i : i + 256], truncation)
         images.append(G.synthesis(ws).float().clamp(-1, 1).cpu())
@@ -811,8 +936,8 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
     in, StyleGAN sec. 4.2) through `keys` latents and back; each image keeps its class (y as in
     generate())."""
     z = torch.randn(n * keys, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    y = labels(G, n, y)
-    ws = ws_for(G, z, None if y is None else y.repeat(keys), truncation)
+    y = labels(G, n, y, seed)
+    ws = ws_for(G, z, None if y is None else torch.cat([y] * keys), truncation)
     ws, frames = ws.view(keys, n, G.num_ws, -1), []
     for k in range(keys):
         for t in torch.linspace(0, 1, steps + 1)[:-1]:
@@ -827,7 +952,7 @@ def style_mixing_grid(G, n, seed=0, truncation=None, y=None, coarse=4):
     styles except the first `coarse` (the 4x4 and 8x8 layers: pose, face shape), which come from
     B_j. y as in generate(), for the 2n sources."""
     z = torch.randn(2 * n, G.z_dim, generator=torch.Generator().manual_seed(seed))
-    ws = ws_for(G, z, labels(G, 2 * n, y), truncation)
+    ws = ws_for(G, z, labels(G, 2 * n, y, seed), truncation)
     wa, wb = ws[:n], ws[n:]
     corner = torch.ones(1, 3, G.res, G.res, device=ws.device)
     rows = [torch.cat([corner, G.synthesis(wb)])]
@@ -841,10 +966,13 @@ def style_mixing_grid(G, n, seed=0, truncation=None, y=None, coarse=4):
 def sample(args):
     G = load_generator(args.sample, setup_device(args.device)[0])
     G.truncation_cutoff = args.truncation_cutoff
-    tag, y = f"seed{args.seed}", None
-    if args.class_name is not None:
-        y = class_index(G.classes, args.class_name)
-        tag += f"_{G.classes[y]}"
+    tag, y, k = f"seed{args.seed}", None, max(1, math.isqrt(args.n))
+    if args.class_name is not None:  # the named values set, other attributes drawn
+        fixed, attrs = parse_class(G.classes, args.class_name), attributes(G.classes)
+        tag += "".join(f"_{attrs[a][1][v]}" for a, v in fixed.items())
+        gen = torch.Generator().manual_seed(args.seed)
+        n = 2 * k if args.mixing and not args.interp else args.n  # --mixing: 2k sources
+        y = draw_labels(G.classes, G.class_counts, n, gen, fixed)
     tag += f"_psi{args.truncation:g}" if args.truncation is not None else ""
     tag += f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else ""
     folder = os.path.dirname(args.sample)
@@ -852,7 +980,6 @@ def sample(args):
         frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)
         path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
     elif args.mixing:  # sqrt(n) sources per side
-        k = max(1, math.isqrt(args.n))
         grid = style_mixing_grid(G, k, args.seed, args.truncation, y)
         path = save_grid(grid, os.path.join(folder, f"mixing_{tag}.png"), nrow=k + 1)
     else:
@@ -1183,8 +1310,20 @@ def get_args(argv=None):
     add(
         "--class",
         dest="class_name",
-        metavar="NAME_OR_INDEX",
-        help="sampling: only this class (name or index)",
+        metavar="SPEC",
+        help="sampling: only this class (name or index), or attribute values, e.g."
+        " hair=blonde,eyes=blue (the others drawn from their training frequencies)",
+    )
+    add(
+        "--labels",
+        metavar="FILE.csv",
+        help="attribute labels: a CSV with a file column (paths relative to --data) and attribute"
+        " columns; default: subfolders",
+    )
+    add(
+        "--label-columns",
+        metavar="A,B",
+        help="the --labels columns to condition on, comma-separated, e.g. hair,eyes (default all)",
     )
     add("--z-dim", type=int, default=None, help="latent z size (default: --w-dim)")
     add("--w-dim", type=int, default=512, help="intermediate latent w size")

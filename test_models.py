@@ -412,6 +412,17 @@ GUARD = {
     "biggan": ("4caa5fdba412df98", "de99fbdf986ce640", "4caa5fdba412df98"),
     "stylegan2_ada": ("ed4d179e79fc585c", "776fb07762ec2c45", "91f657ff80cb0842"),
 }
+# The same code (commit 2e347f4) on a 2-core AMD EPYC of CPU family 26 (Zen 5): it passes the
+# calibration, yet its pinned kernels round the models' training differently.
+GUARD_ZEN5 = {
+    "dcgan": ("a1199e5725b76af3", "471c68a789124e6e", "34dc8bee42185398"),
+    "wgan": ("94468c8b377be4d8", "8d23cfbbe81fe68f", "e4a72193195ac24d"),
+    "cgan": ("744f8b767d59606a", "c2b1dad3872c2eb7", "fdeeb58863052f74"),
+    "sngan": ("0ea7cc7605ba8f08", "d7344e76e919a81b", "99be92247bb3f646"),
+    "sagan": ("1e3a30a29cfeeb02", "349d0a70e5972351", "d973b9d955aa0fde"),
+    "biggan": ("f61198208551c692", "80da435e644bc645", "f61198208551c692"),
+    "stylegan2_ada": ("8abccaeff289e2dd", "7be48cfb79663547", "05db69673a4d27b4"),
+}
 GUARD_SCRIPT = """
 import hashlib, importlib, sys, torch
 sys.path.insert(0, sys.argv[1])
@@ -458,7 +469,8 @@ def test_refactor_guard_training_gives_the_recorded_weights(model, tmp_path):
     cal, got = guard_digests(model, tmp_path)
     if cal != CALIBRATION:
         pytest.skip(f"this CPU's pinned kernels give calibration {cal}, not {CALIBRATION}")
-    assert got == GUARD[model], f"{model}: training changed (G, D, G_ema digests {got})"
+    recorded = (GUARD[model], GUARD_ZEN5[model])
+    assert got in recorded, f"{model}: training changed (G, D, G_ema digests {got})"
 
 
 # --- learning check: a short toy run moves G_ema's samples toward the data ------------------------
@@ -1869,9 +1881,8 @@ def test_cgan_sampling_by_class_name_or_index(tmp_path):
         cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=torch.full((3,), blonde))
     )
     assert not torch.equal(cgan.generate(G, 3, y=blonde), cgan.generate(G, 3, y=0))
-    assert (
-        cgan.class_index(G.classes, "blonde") == cgan.class_index(G.classes, str(blonde)) == blonde
-    )
+    assert cgan.parse_class(G.classes, "blonde") == cgan.parse_class(G.classes, str(blonde))
+    assert cgan.parse_class(G.classes, "blonde") == {0: blonde}
     r = run_cli(
         "cgan.py",
         "--sample",
@@ -1892,7 +1903,7 @@ def test_cgan_sampling_by_class_name_or_index(tmp_path):
     assert r.stderr.startswith("cgan: error: --class purple: not one of this checkpoint's classes")
     assert ", ".join(common.TOY_HAIR) in r.stderr
     with pytest.raises(common.UserError, match="--class 6: not one of"):
-        cgan.class_index(G.classes, str(len(G.classes)))  # an index past the last class
+        cgan.parse_class(G.classes, str(len(G.classes)))  # an index past the last class
 
 
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
@@ -2307,7 +2318,8 @@ def test_stylegan2_sampling_by_class_name_or_index(tmp_path):
     assert torch.equal(one, sg.generate(G, 3, y=torch.full((3,), blonde)))
     assert not torch.equal(one, sg.generate(G, 3, y=0))
     assert torch.equal(sg.generate(G, 3), sg.generate(G, 3, y=torch.arange(3) % G.c_dim))
-    assert sg.class_index(G.classes, "blonde") == sg.class_index(G.classes, str(blonde)) == blonde
+    assert sg.parse_class(G.classes, "blonde") == sg.parse_class(G.classes, str(blonde))
+    assert sg.parse_class(G.classes, "blonde") == {0: blonde}
     assert len(sg.interpolation_frames(G, 2, y=blonde, keys=2, steps=2)) == 4
     r = run_cli(
         "stylegan2_ada.py",
@@ -3126,3 +3138,282 @@ def test_sngan_g_step_draws_a_fresh_z(tmp_path, monkeypatch):
     mod.train(args)
     assert [(z.shape, grad) for z, grad in calls] == [((8, 128), False), ((8, 128), True)]
     assert not torch.equal(calls[0][0], calls[1][0])
+
+
+# --- quality.py ---------------------------------------------------------------------------------
+
+
+def test_quality_split_is_a_fixed_disjoint_rule_of_links(tmp_path):
+    import quality
+
+    data = tmp_path / "faces"
+    for i in range(30):
+        save_image(str(data / ("a" if i % 2 else "b") / f"{i}.png"), "RGB", color=(i, 0, 0))
+    (data / "notes.txt").write_text("not an image")
+    assert quality.split(str(data), str(tmp_path / "s"), 10) == (20, 10)
+    assert quality.split(str(data), str(tmp_path / "s"), 10) == (20, 10)  # again: no error
+    parts = {}
+    for part in ("train", "heldout"):
+        root = tmp_path / "s" / part
+        parts[part] = {str(p.relative_to(root)) for p in root.rglob("*.png")}
+        for rel in parts[part]:
+            assert os.path.islink(root / rel) and os.path.samefile(root / rel, data / rel)
+    every = {str(p.relative_to(data)) for p in data.rglob("*.png")}
+    assert parts["train"] | parts["heldout"] == every and not parts["train"] & parts["heldout"]
+    by_hash = sorted(every, key=lambda f: hashlib.sha256(f.encode()).hexdigest())
+    assert parts["heldout"] == set(by_hash[:10])  # the documented rule, computed independently
+    with pytest.raises(common.UserError, match="need more than --heldout 30"):
+        quality.split(str(data), str(tmp_path / "t"), 30)
+
+
+def test_quality_bad_options_are_one_line_errors(tmp_path):
+    for argv, message in [
+        (["--data", str(tmp_path / "none")], "not found"),
+        (["--data", str(tmp_path), "--n", "3000"], "--n 3000 is more than the --heldout 2000"),
+        (["--data", str(tmp_path), "--minutes", "0"], "--minutes must be positive"),
+    ]:
+        r = run_cli("quality.py", *argv, "--out", str(tmp_path / "q"), timeout=60)
+        assert r.returncode == 1 and r.stderr.strip().startswith("quality: error:"), r.stderr
+        assert message in r.stderr and "Traceback" not in r.stderr
+
+
+@needs_inception
+def test_quality_trains_for_the_time_given_then_measures_and_tables(tmp_path):
+    data = tmp_path / "faces"
+    for i in range(24):
+        save_image(str(data / f"{i}.png"), "RGB", color=(10 * i, 80, 160))
+    out = tmp_path / "q"
+    argv = ["quality.py", "--data", str(data), "--out", str(out), "--models", "dcgan"]
+    argv += ["--minutes", "0.25", "--heldout", "8", "--n", "8", "--res", "32"]
+    r = run_cli(*argv, "--inception", INCEPTION, timeout=300)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "split: 16 training images, 8 held out" in r.stdout
+    row = json.load(open(out / "quality.json"))["rows"][0]
+    assert row["model"] == "dcgan" and row["step"] > 0 and row["n"] == row["n_real"] == 8
+    assert 15 <= row["seconds"] < 60  # SIGINT after 15 s; the model saved its step and stopped
+    assert math.isfinite(row["fid"]) and row["fid"] > 0 and math.isfinite(row["kid"])
+    assert row["last_line"].startswith(f"stopped at step {row['step']}: saved")
+    assert (out / "dcgan" / "samples_seed0.png").stat().st_size > 0
+    assert "| dcgan | defaults | G " in r.stdout  # the table
+    again = run_cli(*argv, "--inception", INCEPTION, timeout=60)  # done: measured, not retrained
+    assert again.returncode == 0 and "$ " not in again.stdout and "| dcgan |" in again.stdout
+
+
+# --- labels from tags: a CSV of attributes (issue 14) ------------------------------------------
+
+CONDITIONAL = [m for m in ("cgan", "biggan", "stylegan2_ada") if m in MODELS]
+HAIR, EYES = ["black", "blonde", "red"], ["blue", "green"]
+
+
+def tagged_faces(root, n=24):
+    """n images in root/faces, hair and eyes cycling independently (hair i % 3, eyes i // 3 % 2),
+    and root/tags.csv: file,hair,eyes,hat (hat: one value, for --label-columns)."""
+    rows = ["file,hair,eyes,hat"]
+    for i in range(n):
+        hair, eyes = HAIR[i % 3], EYES[i // 3 % 2]
+        save_image(str(root / "faces" / f"{i:03d}.png"), "RGB", color=(80 * (i % 3), 60, 40 * i))
+        rows.append(f"{i:03d}.png,{hair},{eyes},none")
+    (root / "tags.csv").write_text("\n".join(rows) + "\n")
+    return str(root / "faces"), str(root / "tags.csv")
+
+
+def test_labels_csv_gives_one_or_several_attributes(tmp_path):
+    data, csv_path = tagged_faces(tmp_path)
+    one = common.load_images(data, 16, False, csv_path, ["hair"])  # like subfolder classes
+    assert one.classes == HAIR and one.labels.shape == (24,)
+    assert one.labels.tolist() == [i % 3 for i in range(24)]
+    two = common.load_images(data, 16, False, csv_path, ["eyes", "hair"])  # in the order asked
+    assert two.classes == {"eyes": EYES, "hair": HAIR} and two.labels.shape == (24, 2)
+    assert two.labels.tolist() == [[i // 3 % 2, i % 3] for i in range(24)]
+    every = common.load_images(data, 16, False, csv_path)  # default: all columns
+    assert list(every.classes) == ["hair", "eyes", "hat"] and every.classes["hat"] == ["none"]
+    assert np.array_equal(np.asarray(one.images), np.asarray(two.images))
+    # the CSV is part of the cache key: edited labels are read again, not taken from the cache
+    text = open(csv_path).read().replace("000.png,black", "000.png,red")
+    open(csv_path, "w").write(text)
+    again = common.load_images(data, 16, False, csv_path, ["hair"])
+    assert again.labels[0] == HAIR.index("red") and one.labels[0] == HAIR.index("black")
+
+
+def test_labels_csv_bad_input_is_one_line_or_a_counted_skip(tmp_path, capsys):
+    data, csv_path = tagged_faces(tmp_path)
+    load = common.load_images
+    for kwargs, message in [
+        (dict(labels=str(tmp_path / "no.csv")), "labels file .*no.csv' not found"),
+        (dict(labels=csv_path, label_columns=["hair", "mouth"]), "no column 'mouth'"),
+        (dict(labels=csv_path, label_columns=["hair", "hair"]), "names a column twice"),
+        (dict(label_columns=["hair"]), "--label-columns needs --labels"),
+    ]:
+        with pytest.raises(common.UserError, match=message):
+            load(data, 16, False, **kwargs)
+    bad = tmp_path / "bad.csv"
+    for text, message in [
+        ("name,hair\n000.png,red\n", "no 'file' column"),
+        ("file,hair\n000.png,red\n000.png,black\n", "lines 2 and 3: two rows for 000.png"),
+        ("file,hair\n000.png,red,extra\n", "line 2: 3 fields, the header has 2"),
+    ]:
+        bad.write_text(text)
+        with pytest.raises(common.UserError, match=message):
+            load(data, 16, False, str(bad))
+    with pytest.raises(common.UserError, match="labels needs --data FOLDER"):
+        load("toy", 16, False, csv_path)
+    # skipped and counted, never relabelled: a row whose file is absent, an image with no row,
+    # an empty value, a value seen once
+    lines = open(csv_path).read().splitlines()
+    lines[1] = lines[1].replace("000.png", "gone.png")  # 000.png now has no row
+    lines[2] = lines[2].replace("blonde", "")  # 001.png: an empty hair
+    lines[3] = lines[3].replace("red", "purple")  # 002.png: the only purple
+    open(csv_path, "w").write("\n".join(lines) + "\n")
+    capsys.readouterr()
+    faces = load(data, 16, True, csv_path, ["hair", "eyes"])
+    out = capsys.readouterr().out
+    assert len(faces.labels) == 21 and faces.classes["hair"] == HAIR
+    assert "tags.csv: skipped 1 row(s) whose file is not in the data (first: gone.png)" in out
+    assert "tags.csv: skipped 1 image(s) with no row (first: 000.png)" in out
+    assert "tags.csv: skipped 1 row(s) with an empty value (first: 001.png, line 3)" in out
+    assert "skipped 1 row(s) with a value seen only once (first: hair='purple', line 4)" in out
+    assert faces.labels.tolist() == [[i % 3, i // 3 % 2] for i in range(3, 24)]
+    # through the command line: one line, exit 1, no traceback
+    for m in CONDITIONAL:
+        argv = ["--data", data, "--labels", str(tmp_path / "no.csv"), "--out", str(tmp_path / m)]
+        r = run_cli(f"{m}.py", *argv, "--res", "32")
+        assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+        assert r.stderr.startswith(f"{m}: error: labels file") and "not found" in r.stderr
+
+
+@pytest.mark.skipif(len(CONDITIONAL) < 3, reason="a conditional model file is absent")
+def test_class_helpers_are_the_same_in_the_conditional_files():
+    for name in ("attributes", "parse_class", "draw_labels"):
+        bodies = set()
+        for m in CONDITIONAL:
+            text = open(os.path.join(HERE, f"{m}.py")).read()
+            tree = ast.parse(text)
+            bodies |= {
+                ast.get_source_segment(text, n) for n in tree.body if getattr(n, "name", "") == name
+            }
+        assert len(bodies) == 1, f"{name} differs between the conditional model files"
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_class_spec_names_any_subset_of_attributes():
+    from cgan import draw_labels, parse_class
+
+    classes = {"hair": ["black", "blonde", "red"], "eyes": ["blue", "green", "red"]}
+    assert parse_class(classes, "blonde") == {0: 1} and parse_class(classes, "green") == {1: 1}
+    assert parse_class(classes, "eyes=red,hair=black") == {1: 2, 0: 0}
+    for spec, message in [
+        ("red", "a value of several attributes \\(hair, eyes\\): name it, e.g. hair=red"),
+        ("purple", "not a value of any attribute \\(hair: black, blonde, red; eyes: "),
+        ("mouth=open", "no attribute 'mouth' \\(attributes: hair, eyes\\)"),
+        ("hair=purple", "not a hair value: black, blonde, red"),
+        ("hair=red,hair=black", "hair is given twice"),
+    ]:
+        with pytest.raises(common.UserError, match=f"--class {spec}: {message}"):
+            parse_class(classes, spec)
+    assert parse_class(["a", "b", "c"], "2") == {0: 2} == parse_class(["a", "b", "c"], "c")
+    # unnamed attributes follow the training frequencies; named ones are fixed
+    gen = torch.Generator().manual_seed(0)
+    y = draw_labels(classes, [[1, 0, 3], [5, 5, 0]], 4000, gen, {1: 2})
+    assert y.shape == (4000, 2) and (y[:, 1] == 2).all() and (y[:, 0] != 1).all()
+    assert 0.7 < (y[:, 0] == 2).float().mean() < 0.8  # 3 of 4
+    assert draw_labels(["a", "b"], [[1, 1]], 5, gen).shape == (5,)
+
+
+@pytest.mark.parametrize("model", CONDITIONAL)
+def test_conditional_model_trains_on_two_attributes_and_samples_any_combination(tmp_path, model):
+    data, csv_path = tagged_faces(tmp_path)
+    out = tmp_path / "run"
+    flags = ["--data", data, "--labels", csv_path, "--label-columns", "hair,eyes"]
+    mod, args = tiny_args(model, out, *flags, steps=2)
+    mod.train(args)
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["classes"] == {"hair": HAIR, "eyes": EYES}
+    assert ckpt["class_counts"] == [[8, 8, 8], [12, 12]]
+    grid = Image.open(out / "samples" / "step_000002.png")
+    assert grid.size == (2 * 34 + 2, 3 * 34 + 2)  # hair down, eyes across, 32 px + 2 px gaps
+    G = mod.load_generator(str(out / "ckpt.pt"))
+    both = torch.tensor([[2, 1]] * 3)
+    x = mod.generate(G, 3, y=both)
+    assert x.shape == (3, 3, 32, 32) and torch.isfinite(x).all()
+    assert not torch.equal(x, mod.generate(G, 3, y=torch.tensor([[2, 0]] * 3)))  # eyes count
+    assert not torch.equal(x, mod.generate(G, 3, y=torch.tensor([[0, 1]] * 3)))  # hair counts
+    assert torch.equal(mod.generate(G, 5), mod.generate(G, 5))  # drawn labels, seeded
+    # sampling needs neither the CSV nor the data; names any subset of the attributes
+    os.rename(csv_path, csv_path + ".away")
+    ckpt_path = str(out / "ckpt.pt")
+    for spec, name in [("hair=red,eyes=green", "red_green"), ("green", "green")]:
+        r = run_cli(f"{model}.py", "--sample", ckpt_path, "--n", "4", "--class", spec)
+        assert r.returncode == 0, r.stderr
+        assert r.stdout.strip().endswith(f"samples_seed0_{name}.png")
+        assert os.path.getsize(out / f"samples_seed0_{name}.png") > 0
+    r = run_cli(f"{model}.py", "--sample", ckpt_path, "--class", "hair=purple")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "--class hair=purple: not a hair value: black, blonde, red" in r.stderr
+    # --resume takes the labels from the checkpoint's arguments, and keeps the value lists
+    os.rename(csv_path + ".away", csv_path)
+    mod.train(mod.get_args(["--out", str(out), "--resume", "--steps", "3", "--device", "cpu"]))
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["classes"] == {"hair": HAIR, "eyes": EYES}
+
+
+@pytest.mark.parametrize("model", [m for m in ("cgan", "biggan") if m in MODELS])
+def test_projection_discriminator_sums_one_inner_product_per_attribute(model):
+    mod = importlib.import_module(model)
+    torch.manual_seed(0)
+    D = mod.Discriminator(32, 4, [3, 2]).double().eval()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+
+    def d(hair, eyes):
+        return D(x, torch.tensor([[hair, eyes]] * 2))
+
+    # additive in the attributes: changing eyes shifts the logit by the same amount for any hair
+    shift = d(0, 0) - d(0, 1)
+    assert shift.abs().min() > 1e-6
+    assert torch.allclose(shift, d(2, 0) - d(2, 1), rtol=1e-9, atol=1e-9)
+    assert not torch.allclose(d(0, 0), d(2, 0))
+
+
+@pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
+def test_tags_trains_classifiers_then_scores_a_models_samples(tmp_path):
+    data, csv_path = tagged_faces(tmp_path)
+    out = tmp_path / "tags"
+    argv = ["tags.py", "train", "--data", data, "--labels", csv_path, "--out", str(out)]
+    r = run_cli(*argv, "--res", "16", "--epochs", "2", "--batch", "8", "--width", "4")
+    assert r.returncode == 0, r.stderr
+    assert "22 training images, 2 held out; 2 epochs at 16px" in r.stdout
+    for name, n in [("hair", 3), ("eyes", 2), ("hat", 1)]:
+        assert re.search(
+            rf"{name}: held-out accuracy [01]\.\d{{3}}, balanced .* \({n} values\)", r.stdout
+        )
+    state = torch.load(out / "classifiers.pt", weights_only=True)
+    assert state["attrs"] == {"hair": HAIR, "eyes": EYES, "hat": ["none"]} and state["res"] == 16
+    mod, args = tiny_args(
+        "cgan",
+        tmp_path / "run",
+        "--data",
+        data,
+        "--labels",
+        csv_path,
+        "--label-columns",
+        "hair,eyes",
+        steps=2,
+    )
+    mod.train(args)
+    ckpt = str(tmp_path / "run" / "ckpt.pt")
+    score = ["tags.py", "score", str(out / "classifiers.pt"), ckpt, "--n", "40"]
+    r = run_cli(*score, "--json", str(tmp_path / "s.json"))
+    assert r.returncode == 0, r.stderr
+    result = json.load(open(tmp_path / "s.json"))
+    assert result["model"] == "cgan" and list(result["attributes"]) == ["hair", "eyes"]
+    for a, n in [("hair", 3), ("eyes", 2)]:
+        row = result["attributes"][a]
+        assert 0 <= row["accuracy"] <= 1 and row["chance"] == pytest.approx(1 / n)
+        assert f"cgan {a}: {row['accuracy']:.3f} of 40 samples read as asked" in r.stdout
+    # a model trained on other values, or an unconditional one: one line, exit 1
+    mod, args = tiny_args("cgan", tmp_path / "toy", steps=1)
+    mod.train(args)
+    r = run_cli("tags.py", "score", str(out / "classifiers.pt"), str(tmp_path / "toy" / "ckpt.pt"))
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert "classes match none of the classifiers' attributes" in r.stderr
+    r = run_cli("tags.py", "score", str(out / "classifiers.pt"), str(tmp_path / "none.pt"))
+    assert r.returncode == 1 and "none.pt not found" in r.stderr
