@@ -36,7 +36,7 @@ import time
 import torch
 from PIL import Image, ImageDraw
 
-from common import IMAGE_EXTS, UserError, make_grid
+from common import UserError, _list_files, make_grid
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 MODELS = ["dcgan", "wgan", "cgan", "sngan", "sagan", "biggan", "stylegan2_ada"]
@@ -58,12 +58,7 @@ def split(data, out, heldout):
     data = os.path.abspath(os.path.expanduser(data))
     if not os.path.isdir(data):
         raise UserError(f"data folder {data!r} not found (quality.py needs a folder)")
-    files = []
-    for root, dirs, names in os.walk(data, followlinks=True):
-        dirs.sort()
-        for name in names:
-            if name.lower().endswith(IMAGE_EXTS) and not name.startswith("."):
-                files.append(os.path.relpath(os.path.join(root, name), data).replace(os.sep, "/"))
+    files = [f[0] for f in _list_files(data)]  # the loader's own walk: the same images
     if len(files) <= heldout:
         raise UserError(f"{len(files)} images in {data!r}: need more than --heldout {heldout}")
     files.sort(key=lambda f: hashlib.sha256(f.encode()).hexdigest())

@@ -50,7 +50,7 @@ def as_attributes(classes):
 
 def to_input(images):
     """(B, res, res, 3) uint8 -> (B, 3, res, res) float in [-1, 1], as the models train on."""
-    return torch.as_tensor(np.asarray(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
+    return torch.from_numpy(np.array(images)).permute(0, 3, 1, 2).float().div(127.5).sub(1)
 
 
 @torch.no_grad()
