@@ -3356,6 +3356,31 @@ def test_conditional_model_trains_on_two_attributes_and_samples_any_combination(
     assert ckpt["step"] == 3 and ckpt["classes"] == {"hair": HAIR, "eyes": EYES}
 
 
+@pytest.mark.parametrize("model", CONDITIONAL)
+def test_two_attributes_train_through_the_cuda_branches_in_bf16(
+    model, tmp_path, fake_cuda, monkeypatch, capsys
+):
+    """A tagged run as a GPU user starts it: the CUDA branches (torch.cuda faked, tensors on the
+    CPU), bf16 autocast by default, channels_last, (B, 2) labels through G, D and the grid."""
+    mod = importlib.import_module(model)
+    real_setup_device = mod.setup_device
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(mod, "setup_device", lambda name: (cpu, *real_setup_device(name)[1:]))
+    monkeypatch.setattr(mod, "is_cuda", lambda device: True)
+    data, csv_path = tagged_faces(tmp_path)
+    flags = ["--data", data, "--labels", csv_path, "--label-columns", "hair,eyes"]
+    out = tmp_path / "run"
+    _, args = tiny_args(model, out, *flags, "--device", "cuda", "--precision", "auto", steps=2)
+    mod.train(args)
+    assert "cpu bf16 | batch 8" in capsys.readouterr().out
+    assert fake_cuda.named("set_device") == [(torch.device("cuda", 0),)]
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["classes"] == {"hair": HAIR, "eyes": EYES}
+    for net in ("G", "D", "G_ema"):
+        assert all(v.isfinite().all() for v in ckpt[net].values() if v.is_floating_point()), net
+    assert Image.open(out / "samples" / "step_000002.png").size == (2 * 34 + 2, 3 * 34 + 2)
+
+
 @pytest.mark.parametrize("model", [m for m in ("cgan", "biggan") if m in MODELS])
 def test_projection_discriminator_sums_one_inner_product_per_attribute(model):
     mod = importlib.import_module(model)
