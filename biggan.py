@@ -369,16 +369,8 @@ def fixed_latents(attrs, counts, z_dim, seed):
         rows = n_classes if n_classes > 1 else 8
         y = torch.arange(rows * 8) // 8 % n_classes
         return sample_z(rows * 8, z_dim, gen), y, None, f"{n_classes} class(es)"
-    (row_name, row_values), (col_name, col_values) = attrs[:2]
-    rows, cols = len(row_values), len(col_values)
-    z = sample_z(rows, z_dim, gen).repeat_interleave(cols, 0)  # (rows * cols, z_dim)
-    rest = [c.index(max(c)) for c in counts[2:]]
-    y = torch.tensor([[r, c, *rest] for r in range(rows) for c in range(cols)])  # (rows * cols, k)
-    about = f"grid rows: {row_name} ({', '.join(row_values)}), columns: {col_name}"
-    about += f" ({', '.join(col_values)})"
-    if rest:  # e.g. "; others at their most frequent value: hat=none"
-        held = ", ".join(f"{name}={values[i]}" for (name, values), i in zip(attrs[2:], rest))
-        about += f"; others at their most frequent value: {held}"
+    y, cols, about = attribute_grid(dict(attrs), counts)
+    z = sample_z(len(attrs[0][1]), z_dim, gen).repeat_interleave(cols, 0)  # one z per row
     return z, y, cols, about
 
 
@@ -645,6 +637,22 @@ def draw_labels(classes, counts, n, gen, fixed=None):
             p = torch.tensor(c, dtype=torch.float)
             cols.append(torch.multinomial(p, n, replacement=True, generator=gen))
     return cols[0] if len(attributes(classes)) == 1 else torch.stack(cols, 1)
+
+
+def attribute_grid(classes, counts):
+    """The training grid of several attributes: rows are the first attribute's values, columns the
+    second's; a file repeats one z along each row, so a row differs only by the second label. Any
+    further attribute is held at its most frequent value. -> y (rows * cols, k), cols, header."""
+    attrs = attributes(classes)
+    (down, down_values), (across, across_values) = attrs[:2]
+    rows, cols = len(down_values), len(across_values)
+    held = [c.index(max(c)) for c in counts]  # each attribute's most frequent value
+    y = torch.tensor(held).repeat(rows * cols, 1)  # (rows * cols, k)
+    y[:, 0], y[:, 1] = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+    about = f"attributes {', '.join(name for name, _ in attrs)}; grid rows: {down}"
+    about += f" ({', '.join(down_values)}), columns: {across} ({', '.join(across_values)})"
+    about += "".join(f", {name}={values[i]}" for (name, values), i in zip(attrs[2:], held[2:]))
+    return y, cols, about
 
 
 def sample(args):

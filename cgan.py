@@ -256,24 +256,21 @@ def train(args):
     )  # --resume loads them, and refuses data with other classes
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
     G_train, D_train = run.wrap(G, D)  # DDP under torchrun, torch.compile with --compile
+    n, cols = len(data.labels), 0
     if len(attrs) == 1:
         z_fixed, y_fixed = fixed_latents(n_classes[0], args.z_dim, args.seed)
-    else:
-        z_fixed, y_fixed = attribute_grid(counts, args.z_dim, args.seed)
+    else:  # one z per row, repeated along it
+        y_fixed, cols, grid_about = attribute_grid(data.classes, counts)
+        gen = torch.Generator().manual_seed(args.seed)
+        z_fixed = sample_z(len(attrs[0][1]), args.z_dim, gen).repeat_interleave(cols, 0)
     z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device)
-    n = len(data.labels)
     if n_classes == [1]:
         about = f"{n} images of one class: training unconditionally (no embedding)"
     elif len(attrs) == 1:
         rows = ", ".join(data.classes)
         about = f"{n} images, {n_classes[0]} classes, grid rows top to bottom: {rows}"
     else:
-        (down, down_values), (across, across_values), *rest = attrs
-        about = f"{n} images, attributes {', '.join(name for name, _ in attrs)}"
-        about += f", grid rows: {down} ({', '.join(down_values)})"
-        about += f", columns: {across} ({', '.join(across_values)})"
-        for (name, values), c in zip(rest, counts[2:]):
-            about += f", {name} {values[c.index(max(c))]} (its most frequent)"
+        about = f"{n} images, {grid_about}"
 
     def g_step(x_fake, y, sigma):
         """(2) update G: maximise log D(G(z|y)|y), on noisy fakes as D sees them (sec. 3.2)."""
@@ -284,8 +281,6 @@ def train(args):
         scaler_G.step(opt_G)
         scaler_G.update()
         return loss_G
-
-    cols = len(attrs[1][1]) if len(attrs) > 1 else 0
 
     def grid():  # several attributes: one column per value of the second
         x = G_ema(z_fixed, y_fixed)
@@ -359,19 +354,6 @@ def fixed_latents(n_classes, z_dim, seed, per_class=8):
     return z, torch.arange(n_classes).repeat_interleave(per_class)
 
 
-def attribute_grid(counts, z_dim, seed):
-    """The training grid of several attributes: rows are the first attribute's values, columns
-    the second's, one z per row (the same z across it), so that a row differs along it only by
-    the second label and down a column only by the first and z; further attributes at their most
-    frequent value. counts: each attribute's value counts."""
-    gen = torch.Generator().manual_seed(seed)
-    rows, cols = len(counts[0]), len(counts[1])
-    z = sample_z(rows, z_dim, gen).repeat_interleave(cols, 0)  # (rows * cols, z_dim)
-    rest = [c.index(max(c)) for c in counts[2:]]
-    y = torch.tensor([[r, c, *rest] for r in range(rows) for c in range(cols)])  # (rows * cols, k)
-    return z, y
-
-
 def attributes(classes):
     """A checkpoint's classes as [(name, values)]: subfolders or one CSV column -> one attribute."""
     return list(classes.items()) if isinstance(classes, dict) else [("class", list(classes))]
@@ -427,6 +409,22 @@ def draw_labels(classes, counts, n, gen, fixed=None):
             p = torch.tensor(c, dtype=torch.float)
             cols.append(torch.multinomial(p, n, replacement=True, generator=gen))
     return cols[0] if len(attributes(classes)) == 1 else torch.stack(cols, 1)
+
+
+def attribute_grid(classes, counts):
+    """The training grid of several attributes: rows are the first attribute's values, columns the
+    second's; a file repeats one z along each row, so a row differs only by the second label. Any
+    further attribute is held at its most frequent value. -> y (rows * cols, k), cols, header."""
+    attrs = attributes(classes)
+    (down, down_values), (across, across_values) = attrs[:2]
+    rows, cols = len(down_values), len(across_values)
+    held = [c.index(max(c)) for c in counts]  # each attribute's most frequent value
+    y = torch.tensor(held).repeat(rows * cols, 1)  # (rows * cols, k)
+    y[:, 0], y[:, 1] = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+    about = f"attributes {', '.join(name for name, _ in attrs)}; grid rows: {down}"
+    about += f" ({', '.join(down_values)}), columns: {across} ({', '.join(across_values)})"
+    about += "".join(f", {name}={values[i]}" for (name, values), i in zip(attrs[2:], held[2:]))
+    return y, cols, about
 
 
 def load_generator(path, device="cpu"):

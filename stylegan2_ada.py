@@ -623,17 +623,6 @@ def label_sizes(classes):
     return sizes if len(sizes) > 1 else sizes[0] if sizes[0] > 1 else 0
 
 
-def attribute_grid(z_fixed, classes, counts):
-    """The training grid with several attributes: rows are the values of the first attribute,
-    columns those of the second, one z per row; further attributes at their most frequent value.
-    -> z (n1 * n2, z_dim), y (n1 * n2, k), in rows."""
-    n1, n2 = (len(values) for _, values in attributes(classes)[:2])
-    common_values = [max(range(len(c)), key=c.__getitem__) for c in counts]
-    y = torch.tensor(common_values).repeat(n1 * n2, 1)
-    y[:, 0], y[:, 1] = torch.arange(n1).repeat_interleave(n2), torch.arange(n2).repeat(n1)
-    return z_fixed[:n1].repeat_interleave(n2, 0), y
-
-
 def train(args):
     check_res(args.res)
     run = Run(args)  # device, precision, seed, --resume: the plumbing block below
@@ -703,12 +692,8 @@ def train(args):
     cols = len(attrs[1][1]) if len(attrs) > 1 else 0
     if cols:  # a table: the first attribute down, the second across, one z per row
         z_fixed = torch.randn(len(attrs[0][1]), args.z_dim, generator=gen)
-        z_fixed, y_fixed = attribute_grid(z_fixed, data.classes, counts)
-        (down, down_values), (across, across_values) = attrs[:2]
-        about += f", attributes {', '.join(f'{a} ({len(v)})' for a, v in attrs)} (conditional)"
-        about += f"; grid rows: {down} ({', '.join(down_values)})"
-        about += f", columns: {across} ({', '.join(across_values)})"
-        about += "".join(f", {a}={v[y_fixed[0, j]]}" for j, (a, v) in enumerate(attrs) if j > 1)
+        y_fixed, cols, grid_about = attribute_grid(data.classes, counts)
+        z_fixed, about = z_fixed.repeat_interleave(cols, 0), f"{about}, {grid_about}"
     else:
         z_fixed = torch.randn(64, args.z_dim, generator=gen)
         y_fixed = torch.arange(64) % classes if classes else None
@@ -869,6 +854,22 @@ def draw_labels(classes, counts, n, gen, fixed=None):
             p = torch.tensor(c, dtype=torch.float)
             cols.append(torch.multinomial(p, n, replacement=True, generator=gen))
     return cols[0] if len(attributes(classes)) == 1 else torch.stack(cols, 1)
+
+
+def attribute_grid(classes, counts):
+    """The training grid of several attributes: rows are the first attribute's values, columns the
+    second's; a file repeats one z along each row, so a row differs only by the second label. Any
+    further attribute is held at its most frequent value. -> y (rows * cols, k), cols, header."""
+    attrs = attributes(classes)
+    (down, down_values), (across, across_values) = attrs[:2]
+    rows, cols = len(down_values), len(across_values)
+    held = [c.index(max(c)) for c in counts]  # each attribute's most frequent value
+    y = torch.tensor(held).repeat(rows * cols, 1)  # (rows * cols, k)
+    y[:, 0], y[:, 1] = torch.arange(rows).repeat_interleave(cols), torch.arange(cols).repeat(rows)
+    about = f"attributes {', '.join(name for name, _ in attrs)}; grid rows: {down}"
+    about += f" ({', '.join(down_values)}), columns: {across} ({', '.join(across_values)})"
+    about += "".join(f", {name}={values[i]}" for (name, values), i in zip(attrs[2:], held[2:]))
+    return y, cols, about
 
 
 def load_generator(path, device="cpu"):

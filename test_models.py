@@ -505,7 +505,7 @@ def test_a_short_toy_run_moves_samples_toward_the_data(model, tmp_path):
     steps, extra = LEARN[model]
     quiet = ["--log-every", "50", "--sample-every", "100000", "--ckpt-every", "100000"]
     flags = [*quiet, "--batch", "32", *extra]
-    real = torch.from_numpy(np.asarray(common.load_images("toy", 32, verbose=False).images[:512]))
+    real = torch.from_numpy(np.array(common.load_images("toy", 32, verbose=False).images[:512]))
     real = real.permute(0, 3, 1, 2).float() / 127.5 - 1
     distances = []
     for n, resume in [(1, []), (steps, ["--resume"])]:
@@ -3283,7 +3283,7 @@ def test_labels_csv_bad_input_is_one_line_or_a_counted_skip(tmp_path, capsys):
 
 @pytest.mark.skipif(len(CONDITIONAL) < 3, reason="a conditional model file is absent")
 def test_class_helpers_are_the_same_in_the_conditional_files():
-    for name in ("attributes", "parse_class", "draw_labels"):
+    for name in ("attributes", "parse_class", "draw_labels", "attribute_grid"):
         bodies = set()
         for m in CONDITIONAL:
             text = open(os.path.join(HERE, f"{m}.py")).read()
