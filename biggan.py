@@ -391,7 +391,7 @@ def train(args):
     if args.attn_res and args.attn_res not in sizes:
         choose = f"choose a power of two from 8 to {args.res // 2}, or 0 for none"
         raise UserError(f"--attn-res {args.attn_res}: {choose}")
-    columns = [c.strip() for c in args.label_columns.split(",")] if args.label_columns else None
+    columns = args.label_columns.split(",") if args.label_columns else None
     data = load_images(args.data, args.res, run.rank == 0, args.labels, columns)
     batches = Batches(
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip

@@ -160,7 +160,7 @@ def read_labels(path, columns=None):
     if "file" not in header:
         raise UserError(f"{path}: no 'file' column in its first line ({', '.join(header)})")
     attrs = [h for h in header if h != "file"]
-    columns = list(columns) if columns else attrs
+    columns = [c.strip() for c in columns] if columns else attrs  # 'hair, eyes' as 'hair,eyes'
     for c in columns:
         if c not in attrs:
             raise UserError(f"{path}: no column {c!r} (columns: {', '.join(header)})")

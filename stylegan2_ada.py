@@ -627,7 +627,7 @@ def train(args):
     check_res(args.res)
     run = Run(args)  # device, precision, seed, --resume: the plumbing block below
     args, device = run.args, run.device
-    columns = [c.strip() for c in args.label_columns.split(",")] if args.label_columns else None
+    columns = args.label_columns.split(",") if args.label_columns else None
     data = load_images(
         args.data, args.res, verbose=run.rank == 0, labels=args.labels, label_columns=columns
     )
@@ -689,10 +689,10 @@ def train(args):
     G_train, D_train = run.wrap(G, D, ddp=False)
     r1_last, pl_last = torch.zeros((), device=device), torch.zeros((), device=device)
     about, gen = f"{len(data.labels)} images", torch.Generator().manual_seed(args.seed)
-    cols = len(attrs[1][1]) if len(attrs) > 1 else 0
-    if cols:  # a table: the first attribute down, the second across, one z per row
-        z_fixed = torch.randn(len(attrs[0][1]), args.z_dim, generator=gen)
+    cols = 0
+    if len(attrs) > 1:  # a table: the first attribute down, the second across, one z per row
         y_fixed, cols, grid_about = attribute_grid(data.classes, counts)
+        z_fixed = torch.randn(len(attrs[0][1]), args.z_dim, generator=gen)
         z_fixed, about = z_fixed.repeat_interleave(cols, 0), f"{about}, {grid_about}"
     else:
         z_fixed = torch.randn(64, args.z_dim, generator=gen)

@@ -3224,6 +3224,8 @@ def test_labels_csv_gives_one_or_several_attributes(tmp_path):
     assert one.labels.tolist() == [i % 3 for i in range(24)]
     two = common.load_images(data, 16, False, csv_path, ["eyes", "hair"])  # in the order asked
     assert two.classes == {"eyes": EYES, "hair": HAIR} and two.labels.shape == (24, 2)
+    spaced = common.load_images(data, 16, False, csv_path, [" eyes", "hair "])  # "eyes, hair"
+    assert spaced.classes == two.classes and np.array_equal(spaced.labels, two.labels)
     assert two.labels.tolist() == [[i // 3 % 2, i % 3] for i in range(24)]
     every = common.load_images(data, 16, False, csv_path)  # default: all columns
     assert list(every.classes) == ["hair", "eyes", "hat"] and every.classes["hat"] == ["none"]
