@@ -84,9 +84,8 @@ def _class_of(paths):
 def _decode(raw, res):
     """Bytes of any image -> (res, res, 3) uint8: RGB, center-cropped square, antialiased resize."""
     im = Image.open(io.BytesIO(raw))
-    im.draft(
-        "RGB", (res, res)
-    )  # JPEG: decode at the smallest DCT scale still >= res (fast, antialiased)
+    # JPEG: decode at the smallest DCT scale still >= res (fast, antialiased)
+    im.draft("RGB", (res, res))
     if im.mode in ("I;16", "I;16B", "I;16L", "I"):  # 16/32-bit grayscale: scale to 8 bits
         a = np.asarray(im, dtype=np.float64)
         im = Image.fromarray((a * (255.0 / max(a.max(), 1.0))).clip(0, 255).astype(np.uint8))
@@ -391,14 +390,11 @@ class Batches:
         x = self.images[idx]  # (B, H, W, 3) uint8, a copy
         if self.flip:
             f = self.flips[j]
-            px = x.view(np.dtype((np.void, 3)))[
-                ..., 0
-            ]  # (B, H, W) of whole RGB pixels: 2x faster flips
+            # (B, H, W) of whole RGB pixels: 2x faster flips
+            px = x.view(np.dtype((np.void, 3)))[..., 0]
             px[f] = px[f, :, ::-1]
         x = torch.from_numpy(x).to(self.device, non_blocking=True)
-        x = (
-            x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        )  # (B, 3, H, W) in [-1, 1], on the device
+        x = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)  # (B, 3, H, W) in [-1, 1]
         return x, self.labels[idx].to(self.device, non_blocking=True)
 
     def state_dict(self):

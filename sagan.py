@@ -423,7 +423,7 @@ class Run:
         """What a checkpoint holds besides args, step and RNG: objects with a state_dict, tensors,
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
-        ckpt, self.ckpt = self.ckpt or {}, None  # loaded below; not kept for the whole run
+        ckpt, self.ckpt = self.ckpt or {}, None  # loaded here, not kept for the whole run
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
@@ -434,10 +434,11 @@ class Run:
         if ckpt:
             self.step = ckpt["step"]
             self.say(f"resuming {self.args.out}/ckpt.pt at step {self.step}/{self.args.steps}")
-        if ckpt and len(ckpt["rng"]) == self.world:  # another number of processes: new noise
-            torch.set_rng_state(ckpt["rng"][self.rank]["cpu"].cpu())
-            if is_cuda(self.device) and "cuda" in ckpt["rng"][self.rank]:
-                torch.cuda.set_rng_state(ckpt["rng"][self.rank]["cuda"].cpu(), self.device)
+        rng = ckpt["rng"][self.rank] if ckpt and len(ckpt["rng"]) == self.world else None
+        if rng:  # each process continues its own noise (with another number of them: new noise)
+            torch.set_rng_state(rng["cpu"].cpu())
+            if is_cuda(self.device) and "cuda" in rng:
+                torch.cuda.set_rng_state(rng["cuda"].cpu(), self.device)
         for m in state.values():
             if isinstance(m, nn.Module):
                 m.to(memory_format=self.layout)
@@ -453,36 +454,22 @@ class Run:
 
     def steps(self, grid, about):
         a, out = self.args, self.args.out
-        params = " ".join(
-            f"{k} {sum(p.numel() for p in self.state[k].parameters()) / 1e6:.2f}M" for k in "GD"
-        )
+        n = {k: sum(p.numel() for p in self.state[k].parameters()) / 1e6 for k in "GD"}
         self.say(
-            f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | {params} params | {self.device}"
-            f" {self.precision} | batch {a.batch} on {self.world} process(es) | out {out}"
+            f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | G {n['G']:.2f}M D {n['D']:.2f}M"
+            f" params | {self.device} {self.precision} | batch {a.batch} on {self.world}"
+            f" process(es) | out {out}"
         )
         os.makedirs(f"{out}/samples", exist_ok=True)
         main = threading.current_thread() is threading.main_thread()  # handlers only there
         old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM) if main}
-        t_log, step_log = time.time(), self.step
+        self.t_log, self.step_log = time.time(), self.step
         try:
             while self.step < a.steps:
                 yield self.step
                 self.step = step = self.step + 1
                 if step % a.log_every == 0 or step == a.steps:
-                    self.check_finite()  # the GPU syncs here, on log steps only
-                    means = torch.stack([*self.sums.values()]).div(self.n).tolist()
-                    rec = dict(step=step, steps=a.steps, kimg=step * a.batch / 1000)
-                    rec |= zip(self.sums, means)
-                    rec["img_s"] = (step - step_log) * a.batch / max(time.time() - t_log, 1e-9)
-                    if is_cuda(self.device):
-                        rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
-                    rec["eta_s"] = (a.steps - step) * a.batch / max(rec["img_s"], 1e-9)
-                    self.sums, self.n = {}, 0
-                    self.say(log_line(rec), flush=True)
-                    if self.rank == 0:
-                        with open(f"{out}/log.jsonl", "a") as f:
-                            f.write(json.dumps(dict(rec, time=time.time())) + "\n")
-                    t_log, step_log = time.time(), step
+                    self.write_log()
                 t_pause = time.time()  # grids and checkpoints are left out of img/s
                 if sample_due(step, a) and self.rank == 0:
                     with torch.no_grad():
@@ -493,7 +480,7 @@ class Run:
                     raise SystemExit(130 if self.signum == signal.SIGINT else 143)
                 if step % a.ckpt_every == 0 or step == a.steps:
                     self.save()
-                t_log += time.time() - t_pause
+                self.t_log += time.time() - t_pause
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
@@ -501,18 +488,32 @@ class Run:
                 dist.destroy_process_group()
         self.say(f"done: {out}/ckpt.pt, samples in {out}/samples, loss curve {out}/loss.png")
 
-    def on_signal(self, signum, frame):
-        if self.signum is not None:  # a second Ctrl-C stops at once
+    def write_log(self):  # means since the last line, img/s, memory, eta: stdout and log.jsonl
+        self.check_finite()  # the GPU syncs here, on log steps only
+        a, now = self.args, time.time()
+        rec = dict(step=self.step, steps=a.steps, kimg=self.step * a.batch / 1000)
+        rec |= zip(self.sums, torch.stack([*self.sums.values()]).div(self.n).tolist())
+        rec["img_s"] = (self.step - self.step_log) * a.batch / max(now - self.t_log, 1e-9)
+        if is_cuda(self.device):
+            rec["mem_gb"] = torch.cuda.max_memory_allocated(self.device) / 2**30
+        rec["eta_s"] = (a.steps - self.step) * a.batch / max(rec["img_s"], 1e-9)
+        self.sums, self.n, self.t_log, self.step_log = {}, 0, now, self.step
+        self.say(log_line(rec), flush=True)
+        if self.rank == 0:
+            with open(f"{a.out}/log.jsonl", "a") as f:
+                f.write(json.dumps(dict(rec, time=now)) + "\n")
+
+    def on_signal(self, signum, frame):  # a second Ctrl-C stops at once
+        if self.signum is not None:
             raise KeyboardInterrupt
         self.signum = signum
 
     def check_finite(self):  # losses since the last log line and all weights, on every rank
         nets = [m for m in self.state.values() if isinstance(m, nn.Module)]
         tensors = [*self.sums.values(), *(p for m in nets for p in m.parameters())]
-        ok = torch.stack([t.isfinite().all() for t in tensors]).all().item()
         path = f"{self.args.out}/ckpt.pt"
         kept = f"the last good checkpoint is {path}" if os.path.exists(path) else "none was saved"
-        if any_rank(not ok, self.device):
+        if any_rank(not torch.stack([t.isfinite().all() for t in tensors]).all(), self.device):
             why = f"loss or weights became NaN/inf by step {self.step}"
             raise UserError(f"{why}; stopped without saving ({kept})")
 
@@ -571,21 +572,18 @@ def setup_device(name):
     return device, rank, world
 
 
-# typed with --resume, these take the new value; every other argument must match the run's
-RESUMABLE = "data steps device compile log_every sample_every ckpt_every".split()
-
-
 def start_or_resume(args):
     """Refuse to overwrite a run. With --resume, the arguments come from the checkpoint except
-    --out and the RESUMABLE ones typed on the command line (args.typed, from parse_args)."""
+    --out and the resumable ones typed on the command line (args.typed, from parse_args)."""
+    resumable = "data steps device compile log_every sample_every ckpt_every".split()
     typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
     if os.path.exists(path) and not args.resume:
         raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
     if not args.resume:
         return args, None
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
-    saved, can = ckpt["args"], ", ".join(map(flag, RESUMABLE))
-    for k in sorted(typed - set(RESUMABLE)):
+    saved, can = ckpt["args"], ", ".join(map(flag, resumable))
+    for k in sorted(typed - set(resumable)):
         if k in saved and getattr(args, k) != saved[k]:
             was = f"differs from the run's {saved[k]}; on --resume only {can} can change"
             raise UserError(f"{flag(k)} {getattr(args, k)} {was}")
@@ -635,6 +633,9 @@ def log_line(rec):
     parts += [f"{rec['img_s']:.0f} img/s"]
     parts += [f"{rec['mem_gb']:.2f} GB"] if "mem_gb" in rec else []
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
+
+
+# --- command line -------------------------------------------------------------------------------
 
 
 def positive(kind):  # an argparse type: an int or a finite float above 0
@@ -687,9 +688,6 @@ def parse_args(parser, argv=None):
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     return args
-
-
-# --- command line -------------------------------------------------------------------------------
 
 
 def get_args(argv=None):

@@ -340,16 +340,16 @@ def test_plumbing_block_is_byte_identical_across_model_files():
         assert blocks[m] == blocks[MODELS[0]], (
             f"{m}.py's plumbing block differs from {MODELS[0]}.py's"
         )
-    # the EMA helpers sit with each paper's training code, and are the same everywhere too
-    for name in ("ema_beta", "update_ema"):
-        bodies = set()
+    # the EMA helpers sit with each paper's training code, and the shared flags open each command
+    # line section: both are the same everywhere too
+    for name in ("ema_beta", "update_ema", "positive", "shared_flags", "parse_args"):
+        bodies = {}
         for m in MODELS:
             text = open(os.path.join(HERE, f"{m}.py")).read()
-            tree = ast.parse(text)
-            bodies |= {
-                ast.get_source_segment(text, n) for n in tree.body if getattr(n, "name", "") == name
-            }
-        assert len(bodies) == 1, f"{name} differs between model files"
+            found = [n for n in ast.parse(text).body if getattr(n, "name", "") == name]
+            assert len(found) == 1, f"{m}.py has {len(found)} top-level {name}"
+            bodies[m] = ast.get_source_segment(text, found[0])
+        assert len(set(bodies.values())) == 1, f"{name} differs between model files"
 
 
 def test_every_model_has_the_shared_flags():
