@@ -3383,6 +3383,25 @@ def test_two_attributes_train_through_the_cuda_branches_in_bf16(
     assert Image.open(out / "samples" / "step_000002.png").size == (2 * 34 + 2, 3 * 34 + 2)
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("model", CONDITIONAL)
+def test_two_attributes_train_under_compile(model, tmp_path):
+    """--compile with (B, 2) labels: the per-attribute embeddings and projections compile and
+    train (resume under --compile: test_compile_trains_and_resumes, with one class)."""
+    mod = importlib.import_module(model)
+    data, csv_path = tagged_faces(tmp_path)
+    flags = ["--data", data, "--labels", csv_path, "--label-columns", "hair,eyes", "--compile"]
+    out = tmp_path / "run"
+    mod.train(tiny_args(model, out, *flags, steps=2)[1])
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["args"]["compile"] is True
+    assert ckpt["classes"] == {"hair": HAIR, "eyes": EYES}
+    for net in ("G", "D", "G_ema"):
+        assert all(v.isfinite().all() for v in ckpt[net].values() if v.is_floating_point()), net
+    recs = [json.loads(line) for line in open(out / "log.jsonl")]
+    assert [r["step"] for r in recs] == [2] and math.isfinite(recs[0]["loss_G"])
+
+
 @pytest.mark.parametrize("model", [m for m in ("cgan", "biggan") if m in MODELS])
 def test_projection_discriminator_sums_one_inner_product_per_attribute(model):
     mod = importlib.import_module(model)
