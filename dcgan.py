@@ -478,7 +478,7 @@ def log_line(rec):
     return " | ".join(parts + [f"eta {h}h{m:02d}m" if h or m else f"eta {int(rec['eta_s'])}s"])
 
 
-# --- command line -------------------------------------------------------------------------------
+# --- command line: the shared flags, the same in every model file, then this model's own --------
 
 
 def positive(kind):  # an argparse type: an int or a finite float above 0

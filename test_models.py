@@ -324,12 +324,13 @@ def test_torchrun_two_processes_on_cpu(model, tmp_path):
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 3
 
 
-def plumbing_block(model):
-    """The lines from the `# --- plumbing` ruler to the next `# ---` ruler."""
+def plumbing_block(model, first="# --- plumbing", after="# ---"):
+    """The lines from the `# --- plumbing` ruler to the next `# ---` ruler (or from `first` to
+    the next line starting with `after`)."""
     lines = open(os.path.join(HERE, f"{model}.py")).read().splitlines(keepends=True)
-    starts = [i for i, line in enumerate(lines) if line.startswith("# --- plumbing")]
-    assert len(starts) == 1, f"{model}.py: {len(starts)} '# --- plumbing' rulers"
-    end = next(i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith("# ---"))
+    starts = [i for i, line in enumerate(lines) if line.startswith(first)]
+    assert len(starts) == 1, f"{model}.py: {len(starts)} '{first}' lines"
+    end = next(i for i in range(starts[0] + 1, len(lines)) if lines[i].startswith(after))
     return "".join(lines[starts[0] : end])
 
 
@@ -340,9 +341,13 @@ def test_plumbing_block_is_byte_identical_across_model_files():
         assert blocks[m] == blocks[MODELS[0]], (
             f"{m}.py's plumbing block differs from {MODELS[0]}.py's"
         )
-    # the EMA helpers sit with each paper's training code, and the shared flags open each command
-    # line section: both are the same everywhere too
-    for name in ("ema_beta", "update_ema", "positive", "shared_flags", "parse_args"):
+    # the command-line section opens with the shared flags, the same everywhere up to get_args
+    flags = {m: plumbing_block(m, "# --- command line", "def get_args") for m in MODELS}
+    assert "def shared_flags(" in flags[MODELS[0]] and "def parse_args(" in flags[MODELS[0]]
+    for m in MODELS:
+        assert flags[m] == flags[MODELS[0]], f"{m}.py's shared flags differ from {MODELS[0]}.py's"
+    # the EMA helpers sit with each paper's training code, and are the same everywhere too
+    for name in ("ema_beta", "update_ema"):
         bodies = {}
         for m in MODELS:
             text = open(os.path.join(HERE, f"{m}.py")).read()
