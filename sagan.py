@@ -418,6 +418,7 @@ class Run:
             raise UserError(f"--batch {self.args.batch} must divide by {self.world} processes")
         torch.manual_seed(self.args.seed + self.rank)
         self.step, self.state, self.sums, self.n, self.signum = 0, {}, {}, 0, None
+        self.agreed = False  # every rank stops at this step: the last one, Ctrl-C or NaN/inf
 
     def track(self, **state):
         """What a checkpoint holds besides args, step and RNG: objects with a state_dict, tensors,
@@ -475,16 +476,22 @@ class Run:
                     with torch.no_grad():
                         save_samples(out, step, grid())
                 if (self.world == 1 or step % 10 == 0) and any_rank(self.signum, self.device):
+                    self.agreed = True
                     self.save()
                     self.say(f"stopped at step {step}: saved {out}/ckpt.pt; continue with --resume")
                     raise SystemExit(130 if self.signum == signal.SIGINT else 143)
                 if step % a.ckpt_every == 0 or step == a.steps:
                     self.save()
                 self.t_log += time.time() - t_pause
+            self.agreed = True
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
             if dist.is_initialized():
+                # a process that exits while the others still exchange its last collective (the
+                # checkpoint's all_gather) can abort at exit: all meet first, if all got here
+                if self.agreed:
+                    dist.barrier()
                 dist.destroy_process_group()
         self.say(f"done: {out}/ckpt.pt, samples in {out}/samples, loss curve {out}/loss.png")
 
@@ -514,6 +521,7 @@ class Run:
         path = f"{self.args.out}/ckpt.pt"
         kept = f"the last good checkpoint is {path}" if os.path.exists(path) else "none was saved"
         if any_rank(not torch.stack([t.isfinite().all() for t in tensors]).all(), self.device):
+            self.agreed = True
             why = f"loss or weights became NaN/inf by step {self.step}"
             raise UserError(f"{why}; stopped without saving ({kept})")
 

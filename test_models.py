@@ -287,41 +287,34 @@ def test_ctrl_c_saves_a_checkpoint(model, tmp_path):
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] >= 3
 
 
+def torchrun(model, out, *argv, nproc=2, timeout=180):
+    """`torchrun --standalone` (a free port of its own: no clash with a run before or beside it)
+    on the CPU; each rank's output is kept in out/../torchrun-logs, and the assertion of a
+    non-zero exit shows every rank's own error lines, not only the tail of torchrun's."""
+    logs = out.parent / "torchrun-logs"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        f"--nproc_per_node={nproc}",
+    ]
+    cmd += ["--log-dir", str(logs), "--tee", "3", f"{model}.py", "--out", str(out), *argv]
+    r = subprocess.run(cmd, cwd=HERE, env=ENV, capture_output=True, text=True, timeout=timeout)
+    if r.returncode != 0:
+        ranks = sorted(logs.glob("*/attempt_*/*/stderr.log"))
+        said = [f"rank {p.parent.name}: " + (p.read_text()[-1500:] or "(nothing)") for p in ranks]
+        pytest.fail(f"torchrun exit {r.returncode}\n" + "\n".join(said or [r.stderr[-3000:]]))
+    return r
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_torchrun_two_processes_on_cpu(model, tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torch.distributed.run",
-            "--nproc_per_node=2",
-            f"{model}.py",
-            "--data",
-            "toy",
-            "--res",
-            "32",
-            "--batch",
-            "8",
-            "--steps",
-            "3",
-            "--out",
-            str(tmp_path),
-            "--device",
-            "cpu",
-            "--log-every",
-            "1",
-            *TINY[model],
-        ],
-        cwd=HERE,
-        env=ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    argv = ["--data", "toy", "--res", "32", "--batch", "8", "--steps", "3", "--device", "cpu"]
+    r = torchrun(model, tmp_path / "run", *argv, "--log-every", "1", *TINY[model])
     assert r.stdout.count("step 3/3") == 1  # only rank 0 prints
     assert "on 2 process(es)" in r.stdout
-    assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] == 3
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["step"] == 3
 
 
 def plumbing_block(model, first="# --- plumbing", after="# ---"):
