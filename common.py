@@ -425,17 +425,31 @@ def make_grid(x, nrow=None, pad=2):
     return Image.fromarray(grid.permute(1, 2, 0).numpy())
 
 
-def save_grid(x, path, nrow=None):
+def save_picture(im, path, **options):
+    """A PIL image to `path`, whole or not at all: written to path.tmp, then renamed. An OSError
+    (a full disk, no permission) names `path`; no partial file is left behind."""
     os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    make_grid(x, nrow).save(path)
+    tmp, kind = path + ".tmp", os.path.splitext(path)[1][1:].upper().replace("JPG", "JPEG")
+    try:
+        im.save(tmp, format=kind, **options)
+        os.replace(tmp, path)
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
     return path
+
+
+def save_grid(x, path, nrow=None):
+    return save_picture(make_grid(x, nrow), path)
 
 
 def save_gif(frames, path, ms=80):
     """List of PIL images -> looping animated GIF."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
-    frames[0].save(path, save_all=True, append_images=frames[1:], duration=ms, loop=0)
-    return path
+    return save_picture(
+        frames[0], path, save_all=True, append_images=frames[1:], duration=ms, loop=0
+    )
 
 
 def save_progress_gif(samples_dir, path, max_frames=100):
@@ -456,8 +470,7 @@ def save_samples(out, step, images):
     log.jsonl (once it exists)."""
     path = os.path.join(out, "samples", f"step_{step:06d}.png")
     if isinstance(images, Image.Image):
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        images.save(path)
+        save_picture(images, path)
     else:
         save_grid(images, path, nrow=8)
     save_progress_gif(os.path.join(out, "samples"), os.path.join(out, "progress.gif"))
@@ -478,8 +491,7 @@ def plot_losses(log_path, png_path, keys=None, size=(720, 360)):
     d = ImageDraw.Draw(im)
     if not series:
         d.text((L, H // 2), "no losses logged yet", fill="black")
-        im.save(png_path)
-        return png_path
+        return save_picture(im, png_path)
     xs = [s for v in series.values() for s, _ in v]
     ys = np.array([y for v in series.values() for _, y in v])
     x0, x1 = min(xs), max(max(xs), min(xs) + 1)
@@ -498,5 +510,4 @@ def plot_losses(log_path, png_path, keys=None, size=(720, 360)):
         pts = [(px(s), py(y)) for s, y in v]
         d.line(pts if len(pts) > 1 else pts * 2, fill=c, width=2)
         d.text((L + 8, 14 + 14 * i), k, fill=c)
-    im.save(png_path)
-    return png_path
+    return save_picture(im, png_path)

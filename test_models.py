@@ -543,7 +543,7 @@ def test_first_grids_come_early_then_every_sample_every():
     mod = importlib.import_module(MODELS[0])
     args = mod.get_args(["--log-every", "50", "--sample-every", "1000", "--steps", "2500"])
     due = [s for s in range(1, 2501) if mod.sample_due(s, args)]
-    assert due == [50, 100, 200, 400, 800, 1000, 2000, 2500]
+    assert due == [10, 20, 40, 80, 160, 320, 640, 1000, 2000, 2500]
 
 
 def test_log_line_grammar():

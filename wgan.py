@@ -44,7 +44,9 @@ Usage
 """
 
 import argparse
+import contextlib
 import copy
+import io
 import json
 import math
 import os
@@ -368,11 +370,11 @@ class Run:
             f" params | {self.device} {self.precision} | batch {a.batch} on {self.world}"
             f" process(es) | out {out}"
         )
-        os.makedirs(f"{out}/samples", exist_ok=True)
         main = threading.current_thread() is threading.main_thread()  # handlers only there
         old = {s: signal.signal(s, self.on_signal) for s in (signal.SIGINT, signal.SIGTERM) if main}
         self.t_log, self.step_log = time.time(), self.step
         try:
+            os.makedirs(f"{out}/samples", exist_ok=True)
             while self.step < a.steps:
                 yield self.step
                 self.step = step = self.step + 1
@@ -391,6 +393,8 @@ class Run:
                     self.save()
                 self.t_log += time.time() - t_pause
             self.agreed = True
+        except OSError as e:  # a full disk, a folder without write permission
+            raise UserError(f"could not write {e.filename}: {e.strerror}; {self.kept()}") from None
         finally:
             for s, handler in old.items():
                 signal.signal(s, handler)
@@ -414,7 +418,7 @@ class Run:
         self.sums, self.n, self.t_log, self.step_log = {}, 0, now, self.step
         self.say(log_line(rec), flush=True)
         if self.rank == 0:
-            with open(f"{a.out}/log.jsonl", "a") as f:
+            with naming(f"{a.out}/log.jsonl") as path, open(path, "a") as f:
                 f.write(json.dumps(dict(rec, time=now)) + "\n")
 
     def on_signal(self, signum, frame):  # a second Ctrl-C stops at once
@@ -425,12 +429,14 @@ class Run:
     def check_finite(self):  # losses since the last log line and all weights, on every rank
         nets = [m for m in self.state.values() if isinstance(m, nn.Module)]
         tensors = [*self.sums.values(), *(p for m in nets for p in m.parameters())]
-        path = f"{self.args.out}/ckpt.pt"
-        kept = f"the last good checkpoint is {path}" if os.path.exists(path) else "none was saved"
         if any_rank(not torch.stack([t.isfinite().all() for t in tensors]).all(), self.device):
             self.agreed = True
             why = f"loss or weights became NaN/inf by step {self.step}"
-            raise UserError(f"{why}; stopped without saving ({kept})")
+            raise UserError(f"{why}; stopped without saving ({self.kept()})")
+
+    def kept(self):  # for an error: where the last good checkpoint is
+        path = f"{self.args.out}/ckpt.pt"
+        return f"the last good checkpoint is {path}" if os.path.exists(path) else "none was saved"
 
     def save(self):  # all ranks give their RNG state; rank 0 writes a temporary file, renamed
         self.check_finite()
@@ -445,20 +451,49 @@ class Run:
             ckpt[k] = v.state_dict() if hasattr(v, "state_dict") else v
         path = f"{self.args.out}/ckpt.pt"
         if self.rank == 0:
-            with open(path + ".tmp", "wb") as f:
-                torch.save(ckpt, f)
-                os.fsync(f.fileno())
-            os.replace(path + ".tmp", path)
+            data = io.BytesIO()  # serialised first: a full disk then fails in a plain write
+            torch.save(ckpt, data)
+            try:
+                with naming(path), open(path + ".tmp", "wb") as f:
+                    f.write(data.getbuffer())
+                    os.fsync(f.fileno())
+                os.replace(path + ".tmp", path)
+            finally:  # no partial file is left; the last good ckpt.pt stays
+                if os.path.exists(path + ".tmp"):
+                    os.remove(path + ".tmp")
 
 
 def is_cuda(device):  # every CUDA-only line asks this first (tests fake CUDA through it)
     return device.type == "cuda"
 
 
+@contextlib.contextmanager
+def naming(path):  # an OSError inside names `path` (a full disk's names no file)
+    try:
+        yield path
+    except OSError as e:
+        raise OSError(e.errno, e.strerror, path) from None
+
+
 def setup_device(name):
     """auto: cuda, else mps, else cpu. cuda: cuda:LOCAL_RANK under torchrun (with DDP), else 0."""
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    local_rank, msg = int(os.environ.get("LOCAL_RANK", 0)), f"--device {name}:"
+    device = check_device(name, int(os.environ.get("LOCAL_RANK", 0)) if world > 1 else None)
+    if is_cuda(device):
+        torch.cuda.set_device(device)
+        torch.set_float32_matmul_precision("high")  # TF32 matmuls
+        torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
+        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
+    if world > 1 and not dist.is_initialized():
+        nccl = device.type == "cuda"
+        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
+    return device, rank, world
+
+
+def check_device(name, local_rank=None):
+    """The torch.device for a --device value (local_rank: under torchrun); one that this machine
+    lacks is a UserError, for the command line and load_generator alike."""
+    name, msg = str(name), f"--device {name}:"
     if name == "auto":
         name = "mps" if torch.backends.mps.is_available() else "cpu"
         name = "cuda" if torch.cuda.is_available() else name
@@ -471,20 +506,13 @@ def setup_device(name):
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise UserError(f"{msg} this machine has no CUDA GPU (or torch was built without CUDA)")
-        if world > 1 and device.index not in (None, local_rank):
+        if local_rank is not None and device.index not in (None, local_rank):
             raise UserError(f"{msg} under torchrun each process uses cuda:LOCAL_RANK; use cuda")
-        index, count = local_rank if world > 1 else device.index or 0, torch.cuda.device_count()
-        if index >= count:
+        index = (device.index or 0) if local_rank is None else local_rank
+        if index >= (count := torch.cuda.device_count()):
             raise UserError(f"{msg} cuda:{index} does not exist ({count} GPU(s))")
         device = torch.device("cuda", index)
-        torch.cuda.set_device(device)
-        torch.set_float32_matmul_precision("high")  # TF32 matmuls
-        torch.backends.cudnn.allow_tf32 = True  # TF32 convolutions
-        torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels
-    if world > 1 and not dist.is_initialized():
-        nccl = device.type == "cuda"
-        dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
-    return device, rank, world
+    return device
 
 
 def start_or_resume(args):
@@ -511,6 +539,7 @@ def start_or_resume(args):
 
 
 def load_checkpoint(path, device="cpu"):
+    device = check_device(device)  # an absent GPU is said as such, not as an unreadable file
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
     try:
@@ -532,10 +561,9 @@ def any_rank(flag, device):  # all ranks call it together; one process: no tenso
 
 
 def sample_due(step, args):
-    """A grid every --sample-every steps and at the end; before the first of those, also at the
-    first log step and then at doubling intervals, so that a new run shows a picture early."""
-    k = step // args.log_every
-    early = step < args.sample_every and step % args.log_every == 0 and k & (k - 1) == 0
+    """A grid every --sample-every steps and at the end; before the first of those, also at steps
+    10, 20, 40, 80, ..., so that a new run shows a picture within seconds."""
+    early = step < args.sample_every and step % 10 == 0 and (k := step // 10) & (k - 1) == 0
     return step % args.sample_every == 0 or step == args.steps or early
 
 
@@ -560,20 +588,30 @@ def positive(kind):  # an argparse type: an int or a finite float above 0
         except ValueError:
             value = 0
         if not 0 < value < math.inf:
-            raise argparse.ArgumentTypeError(f"must be a {kind.__name__} above 0, got {text!r}")
+            what = "an integer" if kind is int else "a number"
+            raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
         return value
 
     return parse
 
 
+class Help(argparse.ArgumentDefaultsHelpFormatter):  # each default once; none for None or off
+    def _get_help_string(self, action):
+        said = action.default is None or action.default is False or "default" in action.help
+        return action.help if said else super()._get_help_string(action)
+
+
 def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
     """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
-    fmt = argparse.ArgumentDefaultsHelpFormatter
-    p = argparse.ArgumentParser(description=about, formatter_class=fmt)
+    p = argparse.ArgumentParser(description=about, formatter_class=Help)
     add, pos_int, pos = p.add_argument, positive(int), positive(float)
     add("--data", default="toy", help="image folder (subfolders = classes), .zip, or toy")
     add("--res", type=int, default=64, help="image resolution (a power of two)")
-    add("--out", default=f"out/{MODEL}", help="run folder: ckpt.pt, log.jsonl, samples/")
+    add(
+        "--out",
+        help=f"run folder: ckpt.pt, log.jsonl, samples/ (default out/{MODEL}-DATA, DATA the name"
+        " of --data's folder or zip; --resume finds the run the same way)",
+    )
     add("--steps", type=pos_int, default=steps, help="training steps (G updates)")
     add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
     add("--lr-g", type=pos, default=lr_g, help="G learning rate")
@@ -602,6 +640,8 @@ def parse_args(parser, argv=None):
     unset = object()  # argparse keeps a namespace's attribute unless it was typed
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
+    name = os.path.splitext(os.path.basename(os.path.abspath(args.data)))[0]
+    args.out = args.out or f"out/{MODEL}-{name}"  # out/dcgan-toy, out/dcgan-faces: one per data
     return args
 
 
@@ -646,3 +686,5 @@ if __name__ == "__main__":
         sample(args) if args.sample else train(args)
     except UserError as e:
         sys.exit(f"{MODEL}: error: {e}")
+    except OSError as e:  # e.g. a sample grid on a full disk
+        sys.exit(f"{MODEL}: error: could not write {e.filename}: {e.strerror}")
