@@ -26,7 +26,7 @@ import torch
 from PIL import Image, ImageDraw
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: the names of skipped files
 ImageSet = namedtuple("ImageSet", "images labels classes")  # (N,res,res,3) uint8, (N,) int64, [str]
 
 
@@ -38,35 +38,36 @@ class UserError(ValueError):
 # --- reading images -----------------------------------------------------------------------------
 
 
-def _list_files(data):
-    """[(relative path, size, mtime_ns)] of the images in a folder or zip, sorted by path."""
+def _list_files(data, others=None):
+    """[(relative path, size, mtime_ns)] of the images in a folder or zip, sorted by path. Files
+    that are not images by their extension (hidden ones and __MACOSX aside) go into `others`."""
+    others = [] if others is None else others
     if data.lower().endswith(".zip"):
         if not os.path.isfile(data):
             raise UserError(f"zip file {data!r} not found")
         try:
             with zipfile.ZipFile(data) as zf:
-                return sorted(
-                    (i.filename, i.file_size, 0)
-                    for i in zf.infolist()
-                    if not i.is_dir()
-                    and i.filename.lower().endswith(IMAGE_EXTS)
-                    and "__MACOSX" not in i.filename
-                )
+                infos = [
+                    i for i in zf.infolist() if not i.is_dir() and "__MACOSX" not in i.filename
+                ]
         except zipfile.BadZipFile:
             raise UserError(f"{data!r} is not a valid zip file") from None
-    if not os.path.isdir(data):
+        listed = [(i.filename, i.file_size, 0) for i in infos]
+    elif not os.path.isdir(data):
         raise UserError(f"data folder {data!r} not found (pass a folder, a .zip or 'toy')")
-    files = []
-    for root, dirs, names in os.walk(data, followlinks=True):
-        dirs.sort()
-        for name in names:
-            if name.lower().endswith(IMAGE_EXTS) and not name.startswith("."):
+    else:
+        listed = []
+        for root, dirs, names in os.walk(data, followlinks=True):
+            dirs.sort()
+            for name in names:
                 path = os.path.join(root, name)
                 st = os.stat(path)
-                files.append(
+                listed.append(
                     (os.path.relpath(path, data).replace(os.sep, "/"), st.st_size, st.st_mtime_ns)
                 )
-    return sorted(files)
+    listed = [f for f in sorted(listed) if not os.path.basename(f[0]).startswith(".")]
+    others += [f[0] for f in listed if not f[0].lower().endswith(IMAGE_EXTS)]
+    return [f for f in listed if f[0].lower().endswith(IMAGE_EXTS)]
 
 
 def _class_of(paths):
@@ -122,7 +123,11 @@ def load_images(data, res, verbose=True, labels=None, label_columns=None):
         key_src, files, table = ["toy", res, CACHE_VERSION], None, None
     else:
         data = os.path.abspath(os.path.expanduser(data))
-        files = _list_files(data)
+        files = _list_files(data, others := [])
+        if others:
+            say(
+                f"ignored {len(others)} file(s) that are not images by their extension: {few(others)}"
+            )
         if not files:
             raise UserError(f"no images ({', '.join(IMAGE_EXTS)}) found in {data!r}")
         table = read_labels(labels, label_columns) if labels else None
@@ -141,8 +146,15 @@ def load_images(data, res, verbose=True, labels=None, label_columns=None):
     for note in meta.get("notes", []):
         say(note)
     if meta["skipped"]:
-        say(f"skipped {meta['skipped']} unreadable or corrupt file(s) of {n + meta['skipped']}")
+        of, names = n + meta["skipped"], few(meta.get("skipped_files", []), meta["skipped"])
+        say(f"skipped {meta['skipped']} unreadable or corrupt file(s) of {of}: {names}")
     return ImageSet(images, np.array(meta["labels"], dtype=np.int64), meta["classes"])
+
+
+def few(names, total=None, k=3):
+    """'a.png, b.png, c.png and 4 more': the first k names of a list (of `total`, if longer)."""
+    total = len(names) if total is None else total
+    return ", ".join(names[:k]) + (f" and {total - k} more" if total > k else "")
 
 
 def read_labels(path, columns=None):
@@ -195,6 +207,11 @@ def _match_labels(files, table):
     note("row(s) whose file is not in the data", [f for f in rows if f not in present])
     note("image(s) with no row", [f[0] for f in files if f[0] not in rows])
     kept = [f for f in files if f[0] in rows]
+    if not kept:
+        example = (
+            f"its first row names {next(iter(rows), 'nothing')}, the first image is {files[0][0]}"
+        )
+        raise UserError(f"{table['path']}: no row names an image in the data ({example})")
     empty = [f"{f[0]}, line {rows[f[0]][0]}" for f in kept if "" in rows[f[0]][1]]
     note("row(s) with an empty value", empty)
     kept = [f for f in kept if "" not in rows[f[0]][1]]
@@ -214,8 +231,9 @@ def _match_labels(files, table):
         ]
         note("row(s) with a value seen only once", once)
         kept = [f for f in kept if f not in rare]
-    if not kept:
-        raise UserError(f"{table['path']}: no row names an image in the data")
+    if not kept:  # rows matched images, but every one was left out
+        why = "; ".join(n.removeprefix(f"{name}: ") for n in notes)
+        raise UserError(f"{table['path']}: every row that names an image was left out: {why}")
     return kept, [rows[f[0]][1] for f in kept], notes
 
 
@@ -223,7 +241,7 @@ def _build_cache(data, res, files, base, say, table=None):
     """Decode every image into a raw uint8 file (written in order, so it never sits in RAM whole),
     then publish it atomically: the .json is written last and marks the cache complete."""
     tmp = f"{base}.{os.getpid()}.tmp"
-    notes = []
+    notes, bad = [], []  # bad: the files that could not be read
     if files is None:
         arrays, labels, classes = make_toy(res)
         arrays.tofile(tmp)
@@ -250,12 +268,14 @@ def _build_cache(data, res, files, base, say, table=None):
         labels, n_ok = [], 0
         with open(tmp, "wb") as out, ThreadPoolExecutor(os.cpu_count() or 1) as pool:
             for start in range(0, len(files), 4096):  # in chunks: bounded memory for huge sets
-                chunk = files[start : start + 4096]
-                for row, arr in zip(values[start:], pool.map(read, [f[0] for f in chunk])):
-                    if arr is not None:
-                        out.write(arr.tobytes())
-                        labels.append([vocab[j][v] for j, v in enumerate(row)])
-                        n_ok += 1
+                chunk = [f[0] for f in files[start : start + 4096]]
+                for name, row, arr in zip(chunk, values[start:], pool.map(read, chunk)):
+                    if arr is None:
+                        bad.append(name)
+                        continue
+                    out.write(arr.tobytes())
+                    labels.append([vocab[j][v] for j, v in enumerate(row)])
+                    n_ok += 1
         skipped = len(files) - n_ok
         if n_ok == 0:
             os.remove(tmp)
@@ -274,6 +294,7 @@ def _build_cache(data, res, files, base, say, table=None):
     os.replace(tmp, base + ".u8")
     labels = np.asarray(labels, dtype=np.int64).tolist()
     meta = {"labels": labels, "classes": classes, "skipped": skipped, "notes": notes}
+    meta["skipped_files"] = bad[:3]
     with open(tmp, "w") as f:
         json.dump(meta, f)
     os.replace(tmp, base + ".json")

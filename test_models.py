@@ -5,9 +5,12 @@ python -m pytest -q test_models.py
 
 import argparse
 import ast
+import contextlib
 import copy
+import errno
 import hashlib
 import importlib
+import io
 import json
 import math
 import os
@@ -971,6 +974,158 @@ def test_resume_honours_typed_flags_even_at_their_default(model, tmp_path, capsy
     assert args.steps == 2 and args.data == "toy"  # a plain --resume continues the same run
     with pytest.raises(common.UserError, match="--batch 16 differs from the run's 8"):
         mod.start_or_resume(mod.get_args(["--out", str(tmp_path), "--resume", "--batch", "16"]))
+
+
+# --- what a user meets first: run folders, failed writes, messages ----------------------------
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_the_default_run_folder_is_named_after_the_model_and_the_data(model):
+    mod = importlib.import_module(model)
+    for data, folder in [("toy", "toy"), ("./faces/", "faces"), ("a/b/faces.zip", "faces")]:
+        assert mod.get_args(["--data", data]).out == f"out/{model}-{folder}"
+    assert mod.get_args(["--data", "faces", "--out", "x"]).out == "x"
+    assert "--resume finds the run the same way" in " ".join(help_text(model).split())
+
+
+def test_the_readme_commands_run_one_after_the_other(tmp_path, monkeypatch):
+    """`python dcgan.py` then `python dcgan.py --data ./faces`: two run folders; a third start of
+    the first is refused, and --resume finds it by the same rule."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(8):
+        save_image(str(tmp_path / "faces" / f"{i}.png"), "RGB", color=(30 * i, 0, 0))
+    mod = importlib.import_module(MODELS[0])
+    tiny = ["--res", "32", "--batch", "4", "--device", "cpu", *TINY[MODELS[0]]]
+    mod.train(mod.get_args(["--steps", "2", *tiny]))
+    mod.train(mod.get_args(["--data", "./faces", "--steps", "2", *tiny]))
+    assert sorted(os.listdir("out")) == [f"{MODELS[0]}-faces", f"{MODELS[0]}-toy"]
+    with pytest.raises(
+        common.UserError, match=f"out/{MODELS[0]}-toy/ckpt.pt exists: pass --resume"
+    ):
+        mod.train(mod.get_args(["--steps", "2", *tiny]))
+    mod.train(mod.get_args(["--resume", "--steps", "3"]))
+    assert torch.load(f"out/{MODELS[0]}-toy/ckpt.pt", weights_only=True)["step"] == 3
+
+
+def test_load_generator_on_an_absent_gpu_says_so(trained, monkeypatch):
+    mod, out = trained
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(common.UserError, match="^--device cuda: this machine has no CUDA GPU"):
+        mod.load_generator(str(out / "ckpt.pt"), "cuda")
+
+
+class FullDisk:
+    """A file whose every write fails as on a full disk (ENOSPC, no file name in the error)."""
+
+    def __init__(self, f):
+        self.f = f
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def write(self, data):
+        self.f.write(bytes(data)[:10] if "b" in self.f.mode else data[:10])  # a partial write
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    def fileno(self):
+        return self.f.fileno()
+
+
+@pytest.mark.parametrize(
+    "target, nth", [("ckpt.pt.tmp", 2), ("samples/step_000004.png.tmp", 1), ("log.jsonl", 2)]
+)
+def test_a_full_disk_stops_with_one_line_and_keeps_the_last_checkpoint(
+    target, nth, tmp_path, monkeypatch
+):
+    """Step 4's write of the checkpoint, a grid or the log fails (the nth opening of its file):
+    the error names the file and the last good checkpoint (step 2's, intact), and no temporary
+    file is left."""
+    mod, args = tiny_args(MODELS[0], tmp_path / "run", steps=4)
+    real_open, real_save, opened = open, Image.Image.save, []
+
+    def full_open(path, mode="r", *a, **k):
+        f = real_open(path, mode, *a, **k)
+        opened.append(str(path))
+        return FullDisk(f) if sum(p.endswith(target) for p in opened) == nth else f
+
+    def full_save(im, path, *a, **k):  # pictures: PIL opens their files itself
+        if str(path).endswith(target):
+            with real_open(path, "wb") as f:
+                FullDisk(f).write(b"partial picture")
+        return real_save(im, path, *a, **k)
+
+    monkeypatch.setattr(mod, "open", full_open, raising=False)
+    monkeypatch.setattr(Image.Image, "save", full_save)
+    with pytest.raises(common.UserError) as e:
+        mod.train(args)
+    written = tmp_path / "run" / target.removesuffix(".tmp")
+    assert str(e.value) == (
+        f"could not write {written}: No space left on device;"
+        f" the last good checkpoint is {tmp_path / 'run'}/ckpt.pt"
+    )
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["step"] == 2
+    assert [p.name for p in (tmp_path / "run").rglob("*.tmp")] == []
+
+
+def test_a_sample_grid_that_cannot_be_written_is_one_line(trained, tmp_path):
+    mod, out = trained
+    model = mod.__name__
+    ckpt = tmp_path / "ckpt.pt"
+    ckpt.write_bytes((out / "ckpt.pt").read_bytes())
+    (tmp_path / "samples_seed0.png").mkdir()  # the grid's name is taken by a folder
+    (tmp_path / "samples_seed0_trunc0.5.png").mkdir()
+    r = run_cli(f"{model}.py", "--sample", str(ckpt), "--n", "4", "--device", "cpu")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert re.match(f"{model}: error: could not write {tmp_path}/samples_seed0.*png: ", r.stderr)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def help_text(model):
+    out = io.StringIO()
+    with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(out):
+        importlib.import_module(model).get_args(["--help"])
+    assert e.value.code == 0
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_help_gives_each_default_once(model):
+    options = re.split(r"\n  (?=-)", help_text(model).split("options:")[1])
+    for text in options:
+        text = " ".join(text.split())
+        assert "(default: None)" not in text and "(default: False)" not in text, text
+        assert text.count("default") <= 1, text
+
+
+def test_a_positive_integer_flag_says_integer(capsys):
+    mod = importlib.import_module(MODELS[0])
+    with pytest.raises(SystemExit) as e:
+        mod.get_args(["--steps", "1.5"])
+    assert (
+        str(e.value)
+        == f"{MODELS[0]}: error: argument --steps: must be an integer above 0, got '1.5' (see --help)"
+    )
+    with pytest.raises(SystemExit) as e:
+        mod.get_args(["--lr-g", "0"])
+    assert "must be a number above 0, got '0'" in str(e.value)
+
+
+def test_a_labels_csv_whose_values_each_occur_once_says_so(tmp_path):
+    for i in range(3):
+        save_image(str(tmp_path / "faces" / f"{i}.png"), "RGB")
+    (tmp_path / "tags.csv").write_text("file,hair\n0.png,red\n1.png,blue\n2.png,green\n")
+    with pytest.raises(common.UserError) as e:
+        common.load_images(str(tmp_path / "faces"), 16, False, str(tmp_path / "tags.csv"))
+    assert str(e.value) == (
+        f"{tmp_path / 'tags.csv'}: every row that names an image was left out: skipped 3 row(s)"
+        " with a value seen only once (first: hair='red', line 2)"
+    )
+    (tmp_path / "tags.csv").write_text("file,hair\nx.png,red\ny.png,red\n")
+    with pytest.raises(common.UserError, match="no row names an image in the data \\(its first"):
+        common.load_images(str(tmp_path / "faces"), 16, False, str(tmp_path / "tags.csv"))
 
 
 # --- DCGAN as the paper describes it ------------------------------------------------------------
@@ -2905,7 +3060,9 @@ def test_folder_of_odd_images_is_converted_cropped_and_counted(tmp_path, capsys)
     data = common.load_images(str(d), 16)
     assert data.images.shape == (9, 16, 16, 3) and data.images.dtype == np.uint8
     assert data.classes == [""] and set(data.labels.tolist()) == {0}  # top-level images: one class
-    assert "skipped 2 unreadable or corrupt file(s) of 11" in capsys.readouterr().out
+    said = capsys.readouterr().out
+    assert "skipped 2 unreadable or corrupt file(s) of 11: broken.jpg, notes.png\n" in said
+    assert "ignored 1 file(s) that are not images by their extension: readme.txt\n" in said
 
 
 def test_transparent_pixels_become_white(tmp_path):
