@@ -21,9 +21,9 @@ Usage
     python dcgan.py                                   # built-in toy faces, 64x64
     python dcgan.py --data ./faces                    # any folder or .zip of images
     python dcgan.py --res 32 --steps 200 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
-    python dcgan.py --resume --steps 60000            # continue out/dcgan/ckpt.pt
+    python dcgan.py --data ./faces --resume --steps 60000   # continue out/dcgan-faces
     torchrun --nproc_per_node=4 dcgan.py --data ./faces
-    python dcgan.py --sample out/dcgan/ckpt.pt --n 64 [--interp]
+    python dcgan.py --sample out/dcgan-faces/ckpt.pt --n 64 [--interp]
 """
 
 import argparse

@@ -42,9 +42,9 @@ Usage
     python sagan.py                                   # built-in toy faces, 64x64
     python sagan.py --data ./faces                    # any folder or .zip of images
     python sagan.py --res 32 --steps 200 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
-    python sagan.py --resume --steps 60000            # continue out/sagan/ckpt.pt
+    python sagan.py --data ./faces --resume --steps 60000   # continue out/sagan-faces
     torchrun --nproc_per_node=4 sagan.py --data ./faces
-    python sagan.py --sample out/sagan/ckpt.pt --n 64 [--interp]
+    python sagan.py --sample out/sagan-faces/ckpt.pt --n 64 [--interp]
 """
 
 import argparse

@@ -36,9 +36,9 @@ Usage
     python sngan.py                                   # built-in toy faces, 64x64
     python sngan.py --data ./faces                    # any folder or .zip of images
     python sngan.py --res 32 --steps 200 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
-    python sngan.py --resume --steps 60000            # continue out/sngan/ckpt.pt
+    python sngan.py --data ./faces --resume --steps 60000   # continue out/sngan-faces
     torchrun --nproc_per_node=4 sngan.py --data ./faces
-    python sngan.py --sample out/sngan/ckpt.pt --n 64 [--walk | --interp | --truncation-sweep]
+    python sngan.py --sample out/sngan-faces/ckpt.pt --n 64 [--walk | --interp | --truncation-sweep]
 """
 
 import argparse

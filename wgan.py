@@ -38,9 +38,9 @@ Usage
     python wgan.py --data ./faces                     # any folder or .zip of images
     python wgan.py --constraint clip                  # the original WGAN: weight clipping, RMSprop
     python wgan.py --res 32 --steps 100 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
-    python wgan.py --resume --steps 30000             # continue out/wgan/ckpt.pt
+    python wgan.py --data ./faces --resume --steps 30000   # continue out/wgan-faces
     torchrun --nproc_per_node=4 wgan.py --data ./faces
-    python wgan.py --sample out/wgan/ckpt.pt --n 64 [--interp]
+    python wgan.py --sample out/wgan-faces/ckpt.pt --n 64 [--interp]
 """
 
 import argparse
