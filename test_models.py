@@ -19,6 +19,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 import zipfile
 
 import numpy as np
@@ -281,13 +282,45 @@ def test_ctrl_c_saves_a_checkpoint(model, tmp_path):
     p = subprocess.Popen(
         [sys.executable, *argv], cwd=HERE, env=ENV, stdout=subprocess.PIPE, text=True
     )
-    for line in p.stdout:  # wait until training is under way
-        if line.startswith("step 3/"):
-            break
-    p.send_signal(signal.SIGINT)
-    out, _ = p.communicate(timeout=60)
+    try:
+        for line in p.stdout:  # wait until training is under way
+            if line.startswith("step 3/"):
+                break
+        p.send_signal(signal.SIGINT)
+        out, _ = p.communicate(timeout=60)
+    finally:  # nothing outlives the test
+        p.kill()
+        p.communicate()
     assert p.returncode == 130 and "--resume" in out
     assert torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"] >= 3
+
+
+def test_ctrl_c_under_torchrun_saves_once_and_every_rank_stops(tmp_path):
+    """torchrun passes Ctrl-C (SIGINT) to every rank; they stop together at a step that is a
+    multiple of 10 (the ranks agree there), rank 0 saves, and no rank aborts on its way out."""
+    logs, model = tmp_path / "logs", MODELS[0]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2"]
+    cmd += ["--log-dir", str(logs), "--redirects", "3", f"{model}.py", "--out", str(tmp_path)]
+    cmd += ["--data", "toy", "--res", "32", "--batch", "8", "--steps", "100000"]
+    cmd += ["--device", "cpu", "--log-every", "5", "--sample-every", "100000", *TINY[model]]
+    p = subprocess.Popen(cmd, cwd=HERE, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        out = next(iter(logs.glob("*/attempt_0/0/stdout.log")), None)
+        for _ in range(600):  # until rank 0 has logged step 5
+            if out and "step 5/" in out.read_text():
+                break
+            time.sleep(0.1)
+            out = out or next(iter(logs.glob("*/attempt_0/0/stdout.log")), None)
+        p.send_signal(signal.SIGINT)
+        p.communicate(timeout=120)
+    finally:
+        p.kill()
+        p.communicate()
+    for rank in "01":
+        said = next(logs.glob(f"*/attempt_0/{rank}/stderr.log")).read_text()
+        assert "terminate called" not in said and "Traceback" not in said, said
+    step = torch.load(tmp_path / "ckpt.pt", weights_only=True)["step"]
+    assert step % 10 == 0 and f"stopped at step {step}: saved" in out.read_text()
 
 
 def torchrun(model, out, *argv, nproc=2, timeout=180):
