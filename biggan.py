@@ -38,9 +38,10 @@ Not from the paper: what changes results
   (the code's default: 1e-8).
 - The orthogonal penalty is added to loss_G as the paper writes it; the author's code adds
   2*beta*(W W^T (1-I)) W to the gradient, which is the gradient of half the penalty.
-- Standing statistics from 16 batches of 64 (the code's default count, utils.py:210); training
-  grids use G_ema's running statistics, copied from G. No cross-replica BatchNorm; one D forward
-  on [real, fake] per D step, as the author's code does.
+- Standing statistics from 16 batches of 64 (the code's default count, utils.py:210), with
+  untruncated z whatever --truncation (sample.py's z_var 1); training grids use G_ema's running
+  statistics, copied from G. No cross-replica BatchNorm; one D forward on [real, fake] per D
+  step, as the author's code does.
 - Several attributes: each fake label's attributes are drawn independently and uniformly, as the
   paper draws its one class; standing statistics and unnamed --class attributes draw them from
   the training frequencies. D's spectral norm normalises the attributes' tables as one matrix.
@@ -48,6 +49,10 @@ Not from the paper: what changes results
   of G for the first --ema-start 20000 steps (the author's launch scripts), then averages.
 Not from the paper: engineering
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
+- Standing statistics are computed once and kept in the cache folder ($GAN_CACHE_DIR, else
+  ~/.cache/anime-gans), under a digest of G_ema's weights and class counts, the batch count and
+  size, the device type and torch's version: a second --sample of a checkpoint starts in
+  seconds, a changed checkpoint gets its own -> cached_standing_stats
 - Spectral norm's power iteration and the orthogonal penalty run in fp32 under autocast.
 
 Usage
@@ -55,18 +60,19 @@ Usage
     python biggan.py --data ./faces                   # subfolders = classes; flat: one class
     python biggan.py --data ./faces --labels faces.csv --label-columns hair,eyes   # attributes
     python biggan.py --res 32 --steps 200 --batch 32 --g-ch 8 --d-ch 8   # CPU smoke run
-    python biggan.py --resume --steps 60000           # continue out/biggan/ckpt.pt
+    python biggan.py --resume --steps 60000           # continue out/biggan-toy/ckpt.pt
     torchrun --nproc_per_node=4 biggan.py --data ./faces
-    python biggan.py --sample out/biggan/ckpt.pt --n 144 --truncation 0.5 [--class blonde]
-    python biggan.py --sample out/biggan/ckpt.pt --class hair=blonde,eyes=blue   # others drawn
-    python biggan.py --sample out/biggan/ckpt.pt --standing-stats 0   # G_ema's stored statistics
-    python biggan.py --sample out/biggan/ckpt.pt --n 36 --truncation-sweep   # T from 2 to 0.1
-    python biggan.py --sample out/biggan/ckpt.pt --n 16 --interp [--class 3]
+    python biggan.py --sample out/biggan-toy/ckpt.pt --n 144 --truncation 0.5 [--class blonde]
+    python biggan.py --sample out/biggan-faces/ckpt.pt --class hair=blonde,eyes=blue  # others drawn
+    python biggan.py --sample out/biggan-toy/ckpt.pt --standing-stats 0   # the stored statistics
+    python biggan.py --sample out/biggan-toy/ckpt.pt --n 36 --truncation-sweep   # T 2 to 0.1
+    python biggan.py --sample out/biggan-toy/ckpt.pt --n 16 --interp [--class 3]
 """
 
 import argparse
 import contextlib
 import copy
+import hashlib
 import io
 import json
 import math
@@ -83,7 +89,16 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.nn.parallel import DistributedDataParallel as DDP
 
-from common import Batches, UserError, load_images, make_grid, save_gif, save_grid, save_samples
+from common import (
+    Batches,
+    UserError,
+    cache_dir,
+    load_images,
+    make_grid,
+    save_gif,
+    save_grid,
+    save_samples,
+)
 
 MODEL = "biggan"
 
@@ -493,40 +508,79 @@ def sample_z(n, z_dim, gen, truncation=None):
 
 
 @torch.no_grad()
-def standing_stats(G, n_batches, batch=64, seed=0, truncation=None):
-    """The paper's "standing statistics": reset G's BatchNorm statistics, then set them to the
-    plain average of the batch statistics of n_batches forward passes of G's own samples (random
-    z and classes), and return G in eval mode. G_ema's running statistics are copies of G's, the
-    statistics of other weights; these are its own (BigGAN-PyTorch utils.py:1108-1117,
-    accumulate_standing_stats; layers.py:238-254, myBN's cumulative sums). Only the BatchNorm
+def standing_stats(G, n_batches, batch=64, seed=0):
+    """The paper's "standing statistics", as BigGAN-PyTorch's utils.accumulate_standing_stats and
+    its myBN layers compute them: G's BatchNorm running mean and variance are set to the plain
+    average, over n_batches forward passes of G's own samples, of each batch's per-channel mean
+    and biased variance (E[x^2] - E[x]^2 over the batch and the map). G_ema's running statistics
+    are copies of G's, the statistics of other weights; these are its own. z ~ N(0, I) untruncated,
+    whatever the truncation of the samples, as the author's sample.py draws it. Labels: uniform
+    over one attribute's classes, as the author's code; several attributes are drawn from their
+    training frequencies (G.classes, G.class_counts), as generate() draws them. Only the BatchNorm
     layers run in training mode, so spectral norm's u vectors stay as they are. The same seed
-    gives the same statistics; truncation as for the samples, as sample.py:166-172 does. Labels:
-    uniform over one attribute's classes, as the author's code; several attributes are drawn from
-    their training frequencies (G.classes, G.class_counts), as generate() draws them."""
+    gives the same statistics. Returns G in eval mode."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
     bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
-    momenta = [bn.momentum for bn in bns]
-    for bn in bns:
-        bn.reset_running_stats()
-        bn.momentum = None  # cumulative average: after k batches, the mean of their statistics
+    sums = {bn: 0.0 for bn in bns}  # per layer: (2, C), the batch means and variances summed
+
+    def add_batch_stats(bn, inputs):  # inputs[0]: (B, C, H, W)
+        var, mean = torch.var_mean(inputs[0], (0, 2, 3), correction=0)  # biased: / (B*H*W)
+        sums[bn] = sums[bn] + torch.stack([mean, var])
+
+    hooks = [bn.register_forward_pre_hook(add_batch_stats) for bn in bns]
+    for bn in bns:  # each batch is normalised by its own statistics; the stored ones stay as is
         bn.train()
+        bn.track_running_stats = False
     for _ in range(n_batches):
-        z = sample_z(batch, G.z_dim, gen, truncation)
+        z = sample_z(batch, G.z_dim, gen)  # (batch, z_dim), untruncated
         if len(G.sizes) == 1:
             y = torch.randint(G.sizes[0], (batch,), generator=gen)
         else:
             y = draw_labels(G.classes, G.class_counts, batch, gen)
         G(z.to(device), y.to(device))
-    for bn, momentum in zip(bns, momenta):
-        bn.momentum = momentum
+    for bn, hook in zip(bns, hooks):
+        hook.remove()
+        bn.track_running_stats = True
+        bn.running_mean.copy_(sums[bn][0] / n_batches)
+        bn.running_var.copy_(sums[bn][1] / n_batches)
     return G.eval()
 
 
-def load_generator(path, device="cpu", standing=16, batch=64, truncation=None):
+def cached_standing_stats(G, n_batches, batch=64):
+    """standing_stats(G, n_batches, batch), computed once and kept: the BatchNorm statistics are
+    saved in common.cache_dir() under a digest of everything they depend on (G's weights and
+    buffers, its class counts, n_batches, batch, the device type, torch's version), so a second
+    load of the same checkpoint reads them, and a changed checkpoint computes its own."""
+    device = next(G.parameters()).device
+    key = hashlib.sha256(repr([n_batches, batch, device.type, torch.__version__]).encode())
+    key.update(repr(G.class_counts).encode())
+    for name, t in sorted(G.state_dict().items()):
+        key.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        key.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
+    path = os.path.join(cache_dir(), f"{MODEL}_standing_{key.hexdigest()[:16]}.pt")
+    if os.path.exists(path):
+        G.load_state_dict(torch.load(path, map_location=device, weights_only=True), strict=False)
+        return G.eval()
+    G = standing_stats(G, n_batches, batch)
+    stats = {k: v for k, v in G.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    data, tmp = io.BytesIO(), f"{path}.{os.getpid()}.tmp"
+    torch.save(stats, data)  # serialised first: a full disk then fails in a plain write
+    try:
+        os.makedirs(cache_dir(), exist_ok=True)
+        with open(tmp, "wb") as f:
+            f.write(data.getbuffer())
+        os.replace(tmp, path)  # whole or absent, also for another process reading it
+    except OSError:  # an unwritable cache folder or a full disk: computed again next time
+        if os.path.exists(tmp):
+            os.remove(tmp)
+    return G
+
+
+def load_generator(path, device="cpu", standing=16, batch=64):
     """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .classes and .class_counts for
     generate(). Its BatchNorm statistics are standing statistics from `standing` batches of
-    `batch` samples (z truncated at `truncation`); standing=0 keeps the ones stored in the
-    checkpoint."""
+    `batch` samples, computed on the first load and then read from the cache folder
+    (cached_standing_stats); standing=0 keeps the ones stored in the checkpoint."""
     ckpt = load_checkpoint(path, device)
     a, n_classes = ckpt["args"], [len(values) for _, values in attributes(ckpt["classes"])]
     G = Generator(a["res"], a["z_dim"], a["g_ch"], n_classes, a["shared_dim"], a["attn_res"])
@@ -535,19 +589,44 @@ def load_generator(path, device="cpu", standing=16, batch=64, truncation=None):
     # checkpoints from before class counts were kept: uniform
     G.class_counts = ckpt.get("class_counts", [[1] * n for n in n_classes])
     G = G.to(device).eval().requires_grad_(False)
-    return standing_stats(G, standing, batch, truncation=truncation) if standing else G
+    return cached_standing_stats(G, standing, batch) if standing else G
+
+
+def check_labels(classes, y, n):
+    """generate()'s y for n images as a long tensor: an int or (n,) labels for one attribute,
+    (n, k) for k. A shape or value index that does not fit the classes is a UserError that says
+    what fits, in the words of --class."""
+    attrs = attributes(classes)
+    k = len(attrs)
+    y = torch.as_tensor(y, dtype=torch.long)
+    y = y.expand(n) if y.dim() == 0 and k == 1 else y
+    if y.shape != ((n,) if k == 1 else (n, k)):
+        got = f"y={y.item()}" if y.dim() == 0 else f"y of shape {tuple(y.shape)}"
+        if k == 1:
+            raise UserError(f"{got}: give an int or ({n},) labels for {n} images")
+        names = ", ".join(name for name, _ in attrs)
+        fits = f"give ({n}, {k}) labels, one column per attribute"
+        raise UserError(f"{got}: this checkpoint has {k} attributes ({names}); {fits}")
+    for j, ((name, values), col) in enumerate(zip(attrs, y.reshape(n, k).T)):
+        bad = col[(col < 0) | (col >= len(values))][:1].tolist()
+        fits = f"0 to {len(values) - 1} ({', '.join(values)})"
+        if bad and k == 1:
+            raise UserError(f"y={bad[0]}: not one of this checkpoint's classes: {fits}")
+        if bad:
+            raise UserError(f"y[:, {j}]={bad[0]}: not one of the {name} values: {fits}")
+    return y
 
 
 def class_labels(G, n, y=None, seed=0):
     """y as labels, (n,) for one attribute, (n, k) for several. None: one attribute cycles
     through the classes (0, 1, 2, ...); several are drawn from their training frequencies,
-    seeded by `seed`. An int is one class (one attribute); a tensor is used as it is."""
+    seeded by `seed`. An int is one class (one attribute); any y is checked by check_labels.
+    One class (trained without labels): y is ignored, as the unconditional models do."""
     if y is None and len(G.sizes) > 1:
         return draw_labels(G.classes, G.class_counts, n, torch.Generator().manual_seed(seed))
-    if y is None:
+    if y is None or G.sizes == [1]:
         return torch.arange(n) % G.sizes[0]
-    y = torch.as_tensor(y, dtype=torch.long)
-    return y if y.dim() == 2 else y.expand(n)
+    return check_labels(G.classes, y, n)
 
 
 @torch.no_grad()
@@ -623,7 +702,9 @@ def parse_class(classes, spec):
         if i in fixed:
             raise UserError(f"--class {spec}: {name} is given twice")
         if value not in attrs[i][1]:
-            raise UserError(f"--class {spec}: not a {name} value: {', '.join(attrs[i][1])}")
+            raise UserError(
+                f"--class {spec}: not one of the {name} values: {', '.join(attrs[i][1])}"
+            )
         fixed[i] = attrs[i][1].index(value)
     return fixed
 
@@ -662,9 +743,12 @@ def sample(args):
     device, standing = setup_device(args.device)[0], args.standing_stats
     if standing < 0:
         raise UserError(f"--standing-stats {standing}: a number of batches (0: none)")
-    G = load_generator(args.sample, device, standing, args.batch, args.truncation)
+    G = load_generator(args.sample, device, standing=0)  # standing statistics below, once the
+    # arguments are checked
     nrow, tag, attrs = math.ceil(math.sqrt(args.n)), f"seed{args.seed}", attributes(G.classes)
     y = torch.arange(args.n) // nrow % len(G.classes) if len(attrs) == 1 else None  # a class a row
+    if args.class_name is not None and G.sizes == [1]:
+        raise UserError("this checkpoint was trained unconditionally (one class): drop --class")
     if args.class_name is not None:  # the named attributes set, the others drawn
         fixed = parse_class(G.classes, args.class_name)
         gen = torch.Generator().manual_seed(args.seed)
@@ -672,6 +756,8 @@ def sample(args):
         tag += "".join(f"_{attrs[i][1][v]}" for i, v in fixed.items())
     if args.truncation is not None:
         tag += f"_trunc{args.truncation:g}"
+    if standing:
+        G = cached_standing_stats(G, standing, args.batch)
     folder = os.path.dirname(args.sample)
     if args.interp:
         frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)
@@ -1024,7 +1110,7 @@ def parse_args(parser, argv=None):
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     name = os.path.splitext(os.path.basename(os.path.abspath(args.data)))[0]
-    args.out = args.out or f"out/{MODEL}-{name}"  # out/dcgan-toy, out/dcgan-faces: one per data
+    args.out = args.out or f"out/{MODEL}-{name}"  # one folder per model and data, e.g. -toy
     return args
 
 
@@ -1071,8 +1157,9 @@ def get_args(argv=None):
         type=int,
         default=16,
         metavar="N",
-        help="sampling: G_ema's BatchNorm statistics from N batches of --batch of its samples (0: "
-        "the stored ones)",
+        help="sampling: G_ema's BatchNorm statistics from N batches of --batch of its samples, "
+        "computed once per checkpoint and kept in the cache folder ($GAN_CACHE_DIR); 0: the "
+        "stored ones",
     )
     return parse_args(p, argv)
 

@@ -45,10 +45,10 @@ Usage
     python cgan.py --data ./faces                     # a folder or .zip; class subfolders = labels
     python cgan.py --data ../shared/data/anime_hair --labels ../shared/data/anime_hair/labels.csv
     python cgan.py --res 32 --steps 200 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
-    python cgan.py --resume --steps 60000             # continue out/cgan/ckpt.pt
+    python cgan.py --data ./faces --resume --steps 60000   # continue out/cgan-faces
     torchrun --nproc_per_node=4 cgan.py --data ./faces
-    python cgan.py --sample out/cgan/ckpt.pt --n 64 [--class blonde] [--interp]
-    python cgan.py --sample out/cgan/ckpt.pt --class hair=blonde,eyes=blue   # CSV attributes
+    python cgan.py --sample out/cgan-faces/ckpt.pt --n 64 [--class blonde] [--interp]
+    python cgan.py --sample out/cgan-anime_hair/ckpt.pt --class hair=blonde,eyes=blue   # CSV tags
 """
 
 import argparse
@@ -395,7 +395,9 @@ def parse_class(classes, spec):
         if i in fixed:
             raise UserError(f"--class {spec}: {name} is given twice")
         if value not in attrs[i][1]:
-            raise UserError(f"--class {spec}: not a {name} value: {', '.join(attrs[i][1])}")
+            raise UserError(
+                f"--class {spec}: not one of the {name} values: {', '.join(attrs[i][1])}"
+            )
         fixed[i] = attrs[i][1].index(value)
     return fixed
 
@@ -444,16 +446,41 @@ def load_generator(path, device="cpu"):
     return G.eval().requires_grad_(False)
 
 
+def check_labels(classes, y, n):
+    """generate()'s y for n images as a long tensor: an int or (n,) labels for one attribute,
+    (n, k) for k. A shape or value index that does not fit the classes is a UserError that says
+    what fits, in the words of --class."""
+    attrs = attributes(classes)
+    k = len(attrs)
+    y = torch.as_tensor(y, dtype=torch.long)
+    y = y.expand(n) if y.dim() == 0 and k == 1 else y
+    if y.shape != ((n,) if k == 1 else (n, k)):
+        got = f"y={y.item()}" if y.dim() == 0 else f"y of shape {tuple(y.shape)}"
+        if k == 1:
+            raise UserError(f"{got}: give an int or ({n},) labels for {n} images")
+        names = ", ".join(name for name, _ in attrs)
+        fits = f"give ({n}, {k}) labels, one column per attribute"
+        raise UserError(f"{got}: this checkpoint has {k} attributes ({names}); {fits}")
+    for j, ((name, values), col) in enumerate(zip(attrs, y.reshape(n, k).T)):
+        bad = col[(col < 0) | (col >= len(values))][:1].tolist()
+        fits = f"0 to {len(values) - 1} ({', '.join(values)})"
+        if bad and k == 1:
+            raise UserError(f"y={bad[0]}: not one of this checkpoint's classes: {fits}")
+        if bad:
+            raise UserError(f"y[:, {j}]={bad[0]}: not one of the {name} values: {fits}")
+    return y
+
+
 def labels(G, n, y=None, seed=0):
     """y as labels, (n,) for one attribute, (n, k) for several. None: one attribute cycles
     through the classes (0, 1, 2, ...); several are drawn from their training frequencies,
-    seeded by `seed`. An int is one class (one attribute); a tensor is used as it is."""
+    seeded by `seed`. An int is one class (one attribute); any y is checked by check_labels.
+    One class: G has no embedding, y is ignored."""
     if y is None and isinstance(G.classes, dict):
         return draw_labels(G.classes, G.class_counts, n, torch.Generator().manual_seed(seed))
-    if y is None:
+    if y is None or len(G.classes) == 1:
         return torch.arange(n) % len(G.classes)
-    y = torch.as_tensor(y, dtype=torch.long)
-    return y if y.dim() == 2 else y.expand(n)
+    return check_labels(G.classes, y, n)
 
 
 @torch.no_grad()
@@ -844,7 +871,7 @@ def parse_args(parser, argv=None):
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     name = os.path.splitext(os.path.basename(os.path.abspath(args.data)))[0]
-    args.out = args.out or f"out/{MODEL}-{name}"  # out/dcgan-toy, out/dcgan-faces: one per data
+    args.out = args.out or f"out/{MODEL}-{name}"  # one folder per model and data, e.g. -toy
     return args
 
 
@@ -860,6 +887,16 @@ def get_args(argv=None):
         truncation="redraw z entries beyond |T| (a bound on z)",
     )
     add = p.add_argument
+
+    def off_or_positive(text):  # an argparse type: 0 (off) or a finite number above 0
+        try:
+            value = float(text)
+        except ValueError:
+            value = -1.0
+        if not 0 <= value < math.inf:
+            raise argparse.ArgumentTypeError(f"must be 0 (off) or a number above 0, got {text!r}")
+        return value
+
     add(
         "--class",
         dest="class_name",
@@ -890,15 +927,16 @@ def get_args(argv=None):
     add("--slope", type=float, default=0.1, help="LeakyReLU negative slope in G and D")
     add(
         "--noise-std",
-        type=float,
+        type=off_or_positive,
         default=0.75,
-        help="instance noise: starting std of the Gaussian noise on every image D sees",
+        help="instance noise: starting std of the Gaussian noise on every image D sees (0: none)",
     )
     add(
         "--noise-kimg",
-        type=float,
+        type=off_or_positive,
         default=1000.0,
-        help="instance noise: thousands of real images over which its std falls linearly to 0",
+        help="instance noise: thousands of real images over which its std falls linearly to 0"
+        " (0: none)",
     )
     add(
         "--real-target",

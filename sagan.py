@@ -734,7 +734,7 @@ def parse_args(parser, argv=None):
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     name = os.path.splitext(os.path.basename(os.path.abspath(args.data)))[0]
-    args.out = args.out or f"out/{MODEL}-{name}"  # out/dcgan-toy, out/dcgan-faces: one per data
+    args.out = args.out or f"out/{MODEL}-{name}"  # one folder per model and data, e.g. -toy
     return args
 
 

@@ -71,9 +71,9 @@ Usage
     python stylegan2_ada.py --data ./faces --labels tags.csv [--label-columns hair,eyes]
     # CPU smoke run:
     python stylegan2_ada.py --res 32 --steps 200 --batch 8 --cbase 256 --cmax 16 --w-dim 32
-    python stylegan2_ada.py --resume --steps 60000   # continue out/stylegan2_ada/ckpt.pt
+    python stylegan2_ada.py --data ./faces --resume --steps 60000   # out/stylegan2_ada-faces
     torchrun --nproc_per_node=4 stylegan2_ada.py --data ./faces
-    python stylegan2_ada.py --sample out/stylegan2_ada/ckpt.pt --n 64 [--class blonde]
+    python stylegan2_ada.py --sample out/stylegan2_ada-faces/ckpt.pt --n 64 [--class blonde]
         [--class hair=blonde,eyes=blue]   # several attributes: any subset, the rest drawn
         [--truncation 0.7 [--truncation-cutoff 8]] [--interp | --mixing]
 """
@@ -465,9 +465,10 @@ def augment(x, p):
     rotation, integer translation (+-12.5%), isotropic scaling (log2 std 0.2), rotation (any angle),
     anisotropic scaling (0.2), fractional translation (std 12.5%), brightness (std 0.2), contrast
     (log2 std 0.5), luma flip, hue rotation (any angle), saturation (log2 std 1), each applied to
-    each image with probability p. Differentiable in x. The geometric ops are composed into one
-    inverse matrix G_inv (output pixel -> input pixel) and applied once: reflection padding, 2x
-    upsampling with the sym6 wavelet filter, bilinear sampling, sym6 downsampling.
+    each image with probability p (a float or a 0-d tensor). Differentiable in x. The geometric
+    ops are composed into one inverse matrix G_inv (output pixel -> input pixel) and applied once:
+    reflection padding, 2x upsampling with the sym6 wavelet filter, bilinear sampling, sym6
+    downsampling.
     Always in fp32, also inside autocast (official: fp32): a bf16 sampling grid puts pixels up to
     ~1 px off at 64x64 and ~9 px at 1024 (measured at p = 1). Returns x's dtype."""
     with torch.autocast(x.device.type, enabled=False):
@@ -478,6 +479,7 @@ def augment_fp32(x, p):
     """The pipeline of augment() on an fp32 x, autocast off."""
     B, C, H, W = x.shape
     dev, ones, zeros = x.device, torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
+    p = torch.as_tensor(p, device=dev)  # training's ada_p passes through as it is
 
     def coin(value, default):  # value with probability p, else the identity's parameter
         return torch.where(torch.rand(B, device=dev) < p, value, default)
@@ -626,6 +628,9 @@ def label_sizes(classes):
 
 def train(args):
     check_res(args.res)
+    if args.cbase is not None and args.cbase < args.res:  # min(cbase / r, cmax) channels at r
+        no_channels = f"leaves no channels at {args.res}x{args.res}; use at least {args.res}"
+        raise UserError(f"--cbase {args.cbase} {no_channels}")
     run = Run(args)  # device, precision, seed, --resume: the plumbing block below
     args, device = run.args, run.device
     columns = args.label_columns.split(",") if args.label_columns else None
@@ -838,7 +843,9 @@ def parse_class(classes, spec):
         if i in fixed:
             raise UserError(f"--class {spec}: {name} is given twice")
         if value not in attrs[i][1]:
-            raise UserError(f"--class {spec}: not a {name} value: {', '.join(attrs[i][1])}")
+            raise UserError(
+                f"--class {spec}: not one of the {name} values: {', '.join(attrs[i][1])}"
+            )
         fixed[i] = attrs[i][1].index(value)
     return fixed
 
@@ -895,18 +902,43 @@ def load_generator(path, device="cpu"):
     return G.eval().requires_grad_(False)
 
 
+def check_labels(classes, y, n):
+    """generate()'s y for n images as a long tensor: an int or (n,) labels for one attribute,
+    (n, k) for k. A shape or value index that does not fit the classes is a UserError that says
+    what fits, in the words of --class."""
+    attrs = attributes(classes)
+    k = len(attrs)
+    y = torch.as_tensor(y, dtype=torch.long)
+    y = y.expand(n) if y.dim() == 0 and k == 1 else y
+    if y.shape != ((n,) if k == 1 else (n, k)):
+        got = f"y={y.item()}" if y.dim() == 0 else f"y of shape {tuple(y.shape)}"
+        if k == 1:
+            raise UserError(f"{got}: give an int or ({n},) labels for {n} images")
+        names = ", ".join(name for name, _ in attrs)
+        fits = f"give ({n}, {k}) labels, one column per attribute"
+        raise UserError(f"{got}: this checkpoint has {k} attributes ({names}); {fits}")
+    for j, ((name, values), col) in enumerate(zip(attrs, y.reshape(n, k).T)):
+        bad = col[(col < 0) | (col >= len(values))][:1].tolist()
+        fits = f"0 to {len(values) - 1} ({', '.join(values)})"
+        if bad and k == 1:
+            raise UserError(f"y={bad[0]}: not one of this checkpoint's classes: {fits}")
+        if bad:
+            raise UserError(f"y[:, {j}]={bad[0]}: not one of the {name} values: {fits}")
+    return y
+
+
 def labels(G, n, y=None, seed=0):
-    """Labels for n images of a conditional G: y as given (an int, or (n,) or (n, k) labels); else
-    with one attribute the classes in turn, arange(n) % classes, and with several each attribute
-    drawn from its training frequencies (seeded by `seed`). An unconditional G gets None."""
+    """Labels for n images of a conditional G: y as given (an int, or (n,) or (n, k) labels,
+    checked by check_labels); else with one attribute the classes in turn, arange(n) % classes,
+    and with several each attribute drawn from its training frequencies (seeded by `seed`). An
+    unconditional G gets None, whatever y."""
     if not G.c_dim:
         return None
     if y is None and len(G.mapping.sizes) > 1:
         return draw_labels(G.classes, G.class_counts, n, torch.Generator().manual_seed(seed))
     if y is None:
         return torch.arange(n) % G.c_dim
-    y = torch.as_tensor(y, dtype=torch.long)
-    return y.expand(n).clone() if y.dim() == 0 else y
+    return check_labels(G.classes, y, n)
 
 
 def ws_for(G, z, y, truncation):
@@ -969,14 +1001,17 @@ def sample(args):
     G = load_generator(args.sample, setup_device(args.device)[0])
     G.truncation_cutoff = args.truncation_cutoff
     tag, y, k = f"seed{args.seed}", None, max(1, math.isqrt(args.n))
+    if args.class_name is not None and not G.c_dim:
+        raise UserError("this checkpoint was trained unconditionally (one class): drop --class")
     if args.class_name is not None:  # the named values set, other attributes drawn
         fixed, attrs = parse_class(G.classes, args.class_name), attributes(G.classes)
         tag += "".join(f"_{attrs[a][1][v]}" for a, v in fixed.items())
         gen = torch.Generator().manual_seed(args.seed)
         n = 2 * k if args.mixing and not args.interp else args.n  # --mixing: 2k sources
         y = draw_labels(G.classes, G.class_counts, n, gen, fixed)
-    tag += f"_psi{args.truncation:g}" if args.truncation is not None else ""
-    tag += f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else ""
+    if args.truncation is not None:  # the cutoff does nothing without it
+        tag += f"_psi{args.truncation:g}"
+        tag += f"_cutoff{args.truncation_cutoff}" if args.truncation_cutoff is not None else ""
     folder = os.path.dirname(args.sample)
     if args.interp:
         frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)
@@ -1329,7 +1364,7 @@ def parse_args(parser, argv=None):
     seen = parser.parse_args(argv, argparse.Namespace(**{k: unset for k in vars(args)}))
     args.typed = sorted(k for k, v in vars(seen).items() if v is not unset)
     name = os.path.splitext(os.path.basename(os.path.abspath(args.data)))[0]
-    args.out = args.out or f"out/{MODEL}-{name}"  # out/dcgan-toy, out/dcgan-faces: one per data
+    args.out = args.out or f"out/{MODEL}-{name}"  # one folder per model and data, e.g. -toy
     return args
 
 
@@ -1349,7 +1384,7 @@ def get_args(argv=None):
     add = p.add_argument
     add(
         "--truncation-cutoff",
-        type=int,
+        type=positive(int),
         help="sampling: truncate only the first N styles (default all)",
     )
     add("--mixing", action="store_true", help="sampling: a style-mixing grid, sqrt(n) per side")
@@ -1371,21 +1406,26 @@ def get_args(argv=None):
         metavar="A,B",
         help="the --labels columns to condition on, comma-separated, e.g. hair,eyes (default all)",
     )
-    add("--z-dim", type=int, default=None, help="latent z size (default: --w-dim)")
-    add("--w-dim", type=int, default=512, help="intermediate latent w size")
+    add("--z-dim", type=positive(int), help="latent z size (default: --w-dim)")
+    add("--w-dim", type=positive(int), default=512, help="intermediate latent w size")
     add(
         "--map-layers",
-        type=int,
+        type=positive(int),
         default=2,
         help="G's mapping network depth (official 'auto': 2; the paper: 8; D's is always 8)",
     )
     add(
         "--cbase",
-        type=int,
+        type=positive(int),
         help="channels at resolution r: min(cbase / r, cmax) (default 16384, 32768 from 512 px)",
     )
-    add("--cmax", type=int, default=512, help="maximum channels per layer")
-    add("--mbstd-group", type=int, default=4, help="minibatch standard deviation group size")
+    add("--cmax", type=positive(int), default=512, help="maximum channels per layer")
+    add(
+        "--mbstd-group",
+        type=positive(int),
+        default=4,
+        help="minibatch standard deviation group size",
+    )
     add("--r1-gamma", type=float, help="R1 weight gamma (default 0.0002 * res^2 / batch)")
     add("--pl-weight", type=float, default=2.0, help="path length regularisation weight")
     add("--style-mixing", type=float, default=0.9, help="style mixing regularisation probability")
@@ -1399,7 +1439,7 @@ def get_args(argv=None):
     add("--ada-target", type=float, default=0.6, help="ADA target for r_t = E[sign(D(x_real))]")
     add(
         "--ada-kimg",
-        type=float,
+        type=positive(float),
         default=500,
         help="ADA speed: thousands of images for p to go 0 -> 1",
     )

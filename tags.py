@@ -3,7 +3,7 @@ trained on real tagged faces, then the accuracy of each attribute on a condition
 samples: the share of generated images whose attribute the classifier reads as the one asked for.
 
     python tags.py train --data ./faces --labels faces.csv --out out/tags
-    python tags.py score out/tags/classifiers.pt out/cgan/ckpt.pt [--n 1000]
+    python tags.py score out/tags/classifiers.pt out/cgan-anime_hair/ckpt.pt [--n 1000]
 
 train: one CNN per --labels column (four 3x3 conv stages, 32-64-128-256 channels, global average
 pooling, a linear layer) at --res, Adam, cross-entropy weighted by inverse class frequency (the

@@ -15,6 +15,7 @@ import json
 import math
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -31,6 +32,7 @@ from PIL import Image
 HERE = os.path.dirname(os.path.abspath(__file__))
 sys.path.insert(0, HERE)
 import bench  # noqa: E402
+import biggan  # noqa: E402
 import common  # noqa: E402
 import fid  # noqa: E402
 
@@ -2893,7 +2895,7 @@ def test_biggan_standing_stats_are_g_emas_own_batch_statistics():
     for h in hooks:
         h.remove()
     assert not G_ema.training and not any(bn.training for bn in bns)
-    assert all(bn.momentum == 0.1 for bn in bns)  # the default momentum is back
+    assert all(bn.momentum == 0.1 for bn in bns)  # momentum untouched
     # the spectral norms' u vectors are untouched (only the BatchNorm layers ran in train mode)
     assert all(
         torch.equal(u, b)
@@ -2904,7 +2906,7 @@ def test_biggan_standing_stats_are_g_emas_own_batch_statistics():
         assert len(xs) == 3 and not torch.equal(xs[0], xs[1])  # 3 batches of different samples
         # running statistics: the plain average over the 3 batches of each batch's statistics
         mean = torch.stack([x.mean((0, 2, 3)) for x in xs]).mean(0)
-        var = torch.stack([x.var((0, 2, 3), unbiased=True) for x in xs]).mean(0)
+        var = torch.stack([x.var((0, 2, 3), unbiased=False) for x in xs]).mean(0)  # biased
         assert torch.allclose(bn.running_mean, mean, atol=1e-5, rtol=1e-5)
         assert torch.allclose(bn.running_var, var, atol=1e-5, rtol=1e-4)
         assert not torch.allclose(bn.running_var, var_copied, rtol=1e-2)  # not G's statistics
@@ -2938,6 +2940,178 @@ def test_biggan_sampling_uses_standing_stats_by_default_and_is_deterministic(tmp
     assert pngs[0] == pngs[1] != pngs[2]
     with pytest.raises(biggan.UserError, match="--standing-stats -1"):
         biggan.sample(biggan.get_args(["--sample", ckpt, "--standing-stats", "-1"]))
+
+
+# --- BigGAN: labels that do not fit, standing statistics computed once ------------------------
+
+
+SMALL_HAIR, SMALL_EYES = ["black", "blonde", "red"], ["blue", "green"]
+
+
+@pytest.fixture(scope="module")
+def biggan_two_checkpoints(tmp_path_factory):
+    """A tiny toy run's checkpoint after 2 steps and the same run's after 3 (other G_ema weights)."""
+    root = tmp_path_factory.mktemp("biggan_standing")
+    mod, args = tiny_args("biggan", root / "run", steps=2)
+    mod.train(args)
+    shutil.copy(root / "run" / "ckpt.pt", root / "step2.pt")
+    mod.train(mod.get_args(["--out", str(root / "run"), "--resume", "--steps", "3"]))
+    shutil.copy(root / "run" / "ckpt.pt", root / "step3.pt")
+    return str(root / "step2.pt"), str(root / "step3.pt")
+
+
+def biggan_bn_stats(G):
+    return [t.clone() for k, t in G.state_dict().items() if k.endswith(("_mean", "_var"))]
+
+
+def test_class_on_a_checkpoint_trained_without_classes_is_one_line_before_standing_stats(
+    tmp_path, monkeypatch
+):
+    for i in range(8):  # a flat folder: one class, named ""
+        Image.new("RGB", (32, 32), (i * 30, 100, 200)).save(tmp_path / f"{i}.png")
+    out = tmp_path / "run"
+    mod, args = tiny_args("biggan", out, "--data", str(tmp_path), "--batch", "4", steps=1)
+    mod.train(args)
+    ckpt = str(out / "ckpt.pt")
+    assert torch.load(ckpt, weights_only=True)["classes"] == [""]
+
+    def expensive(*args, **kwargs):
+        raise AssertionError("standing statistics computed before --class was checked")
+
+    monkeypatch.setattr(biggan, "standing_stats", expensive)
+    for spec in ("blonde", "0"):  # a name and an index alike: there is no class to choose
+        argv = ["--sample", ckpt, "--class", spec, "--truncation", "0.5", "--device", "cpu"]
+        why = "this checkpoint was trained unconditionally \\(one class\\): drop --class"
+        with pytest.raises(biggan.UserError, match=f"^{why}$"):
+            biggan.sample(biggan.get_args(argv))
+    assert not list(out.glob("samples_*"))  # no samples_seed0__trunc0.5.png
+    r = run_cli("biggan.py", "--sample", ckpt, "--class", "blonde")
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith("biggan: error: this checkpoint was trained unconditionally")
+    monkeypatch.undo()
+    argv = ["--sample", ckpt, "--n", "4", "--truncation", "0.5", "--standing-stats", "1"]
+    biggan.sample(biggan.get_args([*argv, "--batch", "4", "--device", "cpu"]))
+    assert [p.name for p in out.glob("samples_*")] == ["samples_seed0_trunc0.5.png"]
+
+
+def test_generate_says_which_labels_fit_the_checkpoint():
+    def generator(classes, counts):
+        n_classes = [len(c) for c in counts]
+        G = biggan.Generator(32, 120, 4, n_classes if len(n_classes) > 1 else n_classes[0])
+        G.classes, G.class_counts = classes, counts
+        return G.eval()
+
+    one = generator(SMALL_HAIR, [[1, 1, 1]])
+    two = generator({"hair": SMALL_HAIR, "eyes": SMALL_EYES}, [[1, 1, 1], [1, 1]])
+    plain = generator([""], [[8]])  # trained without classes
+    for G, y, message in [
+        (one, 3, "y=3: not one of this checkpoint's classes: 0 to 2 \\(black, blonde, red\\)$"),
+        (one, -1, "y=-1: not one of this checkpoint's classes: 0 to 2"),
+        (one, torch.tensor([0, 5]), "y=5: not one of this checkpoint's classes: 0 to 2"),
+        (one, torch.tensor([0, 1, 2]), "y of shape \\(3,\\): give an int or \\(2,\\) labels for 2"),
+        (two, 1, "y=1: this checkpoint has 2 attributes \\(hair, eyes\\); give \\(2, 2\\) labels"),
+        (two, torch.tensor([1, 1]), "y of shape \\(2,\\): this checkpoint has 2 attributes"),
+        (
+            two,
+            torch.tensor([[0, 2], [0, 0]]),
+            "y\\[:, 1\\]=2: not one of the eyes values: 0 to 1 \\(blue, green",
+        ),
+    ]:
+        with pytest.raises(biggan.UserError, match=f"^{message}") as e:
+            biggan.generate(G, 2, y=y)
+        assert "\n" not in str(e.value)
+    assert torch.equal(
+        biggan.generate(one, 2, y=2), biggan.generate(one, 2, y=torch.tensor([2, 2]))
+    )
+    assert biggan.generate(two, 2, y=torch.tensor([[2, 1], [0, 0]])).shape == (2, 3, 32, 32)
+    # trained without classes: y is ignored, as the unconditional models do
+    assert torch.equal(biggan.generate(plain, 2, y=5), biggan.generate(plain, 2))
+
+
+def test_standing_stats_average_the_biased_batch_variance_of_untruncated_z():
+    torch.manual_seed(0)
+    G = biggan.Generator(32, 120, 4, n_classes=3)
+    G.apply(biggan.init_weights)
+    G.eval()
+    biggan.standing_stats(G, n_batches=3, batch=8, seed=1)
+    bns = [m for m in G.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert all(bn.track_running_stats and bn.momentum == 0.1 and not bn.training for bn in bns)
+    # the first BatchNorm's input by hand: the 4x4 input layer of z's first chunk, z ~ N(0, I)
+    # untruncated; the reference's statistics: E[x] and E[x^2] - E[x]^2 per batch, averaged
+    gen, means, variances, unbiased = torch.Generator().manual_seed(1), [], [], []
+    with torch.no_grad():
+        for _ in range(3):
+            z = torch.randn(8, 120, generator=gen)
+            torch.randint(3, (8,), generator=gen)  # the batch's labels, drawn after z
+            x = G.linear(z[:, : G.z_sizes[0]]).view(8, -1, 4, 4)  # (8, 64, 4, 4)
+            mean = x.mean((0, 2, 3))
+            means.append(mean)
+            variances.append(x.square().mean((0, 2, 3)) - mean.square())
+            unbiased.append(x.var((0, 2, 3), unbiased=True))
+    bn = G.blocks[0].bn1.bn
+    assert torch.allclose(bn.running_mean, torch.stack(means).mean(0), rtol=1e-5, atol=1e-6)
+    assert torch.allclose(bn.running_var, torch.stack(variances).mean(0), rtol=1e-4, atol=1e-6)
+    # not torch's unbiased batch variance, 128/127 times larger here (8 samples of 4x4)
+    assert not torch.allclose(bn.running_var, torch.stack(unbiased).mean(0), rtol=2e-3)
+
+
+def test_standing_stats_ignore_the_samples_truncation(
+    biggan_two_checkpoints, tmp_path, monkeypatch
+):
+    ckpt = shutil.copy(biggan_two_checkpoints[0], tmp_path / "ckpt.pt")
+    monkeypatch.setenv("GAN_CACHE_DIR", str(tmp_path / "cache"))
+    seen = []
+    monkeypatch.setattr(biggan, "generate", lambda G, *a, **k: seen.append(biggan_bn_stats(G)) or a)
+    monkeypatch.setattr(biggan, "save_grid", lambda x, path, nrow: path)
+    argv = ["--sample", str(ckpt), "--truncation", "0.5", "--standing-stats", "2", "--batch", "8"]
+    biggan.sample(biggan.get_args([*argv, "--device", "cpu"]))
+    fresh = biggan.standing_stats(biggan.load_generator(str(ckpt), standing=0), 2, 8)
+    assert all(torch.equal(a, b) for a, b in zip(seen[0], biggan_bn_stats(fresh), strict=True))
+
+
+def test_standing_stats_are_computed_once_per_checkpoint_and_settings(
+    biggan_two_checkpoints, tmp_path, monkeypatch
+):
+    step2, step3 = biggan_two_checkpoints
+    ckpt = str(tmp_path / "ckpt.pt")
+    shutil.copy(step2, ckpt)
+    cache = tmp_path / "cache"
+    monkeypatch.setenv("GAN_CACHE_DIR", str(cache))
+    calls, standing_stats = [], biggan.standing_stats
+    monkeypatch.setattr(
+        biggan, "standing_stats", lambda G, *a, **k: calls.append(a) or standing_stats(G, *a, **k)
+    )
+    first = biggan.load_generator(ckpt, standing=2, batch=8)
+    assert len(calls) == 1
+    second = biggan.load_generator(ckpt, standing=2, batch=8)
+    assert len(calls) == 1  # read from the cache
+    assert [p.name[:16] for p in cache.iterdir()] == ["biggan_standing_"]
+    fresh = standing_stats(biggan.load_generator(ckpt, standing=0), 2, 8)
+    for G in (first, second):  # the same state as a fresh computation, the same images
+        assert not G.training
+        assert G.state_dict().keys() == fresh.state_dict().keys()
+        assert all(torch.equal(v, fresh.state_dict()[k]) for k, v in G.state_dict().items())
+        assert torch.equal(biggan.generate(G, 4), biggan.generate(fresh, 4))
+    stored = biggan_bn_stats(biggan.load_generator(ckpt, standing=0))
+    assert not any(torch.equal(a, b) for a, b in zip(stored, biggan_bn_stats(second)))
+    # other settings, and a checkpoint changed in place (a resumed run), compute their own
+    biggan.load_generator(ckpt, standing=3, batch=8)
+    biggan.load_generator(ckpt, standing=2, batch=4)
+    assert len(calls) == 3
+    shutil.copy(step3, ckpt)
+    changed = biggan.load_generator(ckpt, standing=2, batch=8)
+    assert len(calls) == 4 and len(os.listdir(cache)) == 4
+    fresh = standing_stats(biggan.load_generator(ckpt, standing=0), 2, 8)
+    assert all(
+        torch.equal(a, b)
+        for a, b in zip(biggan_bn_stats(changed), biggan_bn_stats(fresh), strict=True)
+    )
+    assert not torch.equal(biggan_bn_stats(changed)[0], biggan_bn_stats(second)[0])
+    # a cache folder that cannot be written: computed each time, no error
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("GAN_CACHE_DIR", str(tmp_path / "file"))
+    biggan.load_generator(ckpt, standing=2, batch=8)
+    assert len(calls) == 5
 
 
 # --- SNGAN as the paper describes it ------------------------------------------------------------
@@ -3387,6 +3561,160 @@ def test_quality_trains_for_the_time_given_then_measures_and_tables(tmp_path):
     assert again.returncode == 0 and "$ " not in again.stdout and "| dcgan |" in again.stdout
 
 
+# --- labels that do not fit, sizes at their edges: cgan and stylegan2_ada ----------------------
+
+LABELLED_API = [m for m in ("cgan", "stylegan2_ada") if m in MODELS]
+
+
+def trained_generator(model, out, *flags):
+    """A 2-step run of `model` in `out` (toy faces by default) -> (module, G_ema, ckpt path)."""
+    mod, args = tiny_args(model, out, *flags, steps=2)
+    mod.train(args)
+    path = str(out / "ckpt.pt")
+    return mod, mod.load_generator(path), path
+
+
+@pytest.mark.parametrize("model", LABELLED_API)
+def test_generate_refuses_labels_that_do_not_fit_the_checkpoint_in_one_line(model, tmp_path):
+    mod, G, _ = trained_generator(model, tmp_path / "toy")  # one attribute: 6 hair colours
+    toy = ", ".join(common.TOY_HAIR)
+    for y, message in [
+        (6, f"y=6: not one of this checkpoint's classes: 0 to 5 ({toy})"),
+        (-1, f"y=-1: not one of this checkpoint's classes: 0 to 5 ({toy})"),
+        (torch.tensor([0, 9, 1]), f"y=9: not one of this checkpoint's classes: 0 to 5 ({toy})"),
+        (torch.tensor([0, 1]), "y of shape (2,): give an int or (3,) labels for 3 images"),
+        (torch.zeros(3, 2), "y of shape (3, 2): give an int or (3,) labels for 3 images"),
+    ]:
+        with pytest.raises(common.UserError, match=f"^{re.escape(message)}$"):
+            mod.generate(G, 3, y=y)
+    assert torch.equal(mod.generate(G, 3, y=5), mod.generate(G, 3, y=torch.full((3,), 5)))
+
+    data, csv_path = tagged_faces(tmp_path)  # two attributes: hair (3 values), eyes (2)
+    flags = ["--data", data, "--labels", csv_path, "--label-columns", "hair,eyes"]
+    mod, G, _ = trained_generator(model, tmp_path / "tags", *flags)
+    two = "this checkpoint has 2 attributes (hair, eyes); give (3, 2) labels, one column per"
+    for y, message in [
+        (1, f"y=1: {two} attribute"),  # an int was taken as every attribute's value
+        (torch.tensor([0, 1, 2]), f"y of shape (3,): {two} attribute"),
+        (
+            torch.tensor([[0, 0], [3, 1], [0, 0]]),
+            "y[:, 0]=3: not one of the hair values: 0 to 2 (black, ",
+        ),
+        (torch.tensor([[0, 2]] * 3), "y[:, 1]=2: not one of the eyes values: 0 to 1 (blue, green)"),
+    ]:
+        with pytest.raises(common.UserError, match=f"^{re.escape(message)}"):
+            mod.generate(G, 3, y=y)
+    with pytest.raises(common.UserError, match=re.escape(f"y=1: {two}")):
+        mod.interpolation_frames(G, 3, y=1, keys=2, steps=2)
+    assert mod.generate(G, 3, y=torch.tensor([[2, 1]] * 3)).shape == (3, 3, 32, 32)
+
+
+@pytest.mark.parametrize("model", LABELLED_API)
+def test_class_on_an_unconditional_checkpoint_is_refused_before_any_sampling(
+    model, tmp_path, monkeypatch
+):
+    data, _ = tagged_faces(tmp_path)  # no --labels, no subfolders: one class, unconditional
+    mod, G, path = trained_generator(model, tmp_path / "run", "--data", data)
+    assert G.classes == [""]
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("sampling started before --class was refused")
+
+    for name in ("draw_labels", "generate", "interpolation_frames", "style_mixing_grid"):
+        monkeypatch.setattr(mod, name, no_work, raising=False)
+    refused = "this checkpoint was trained unconditionally (one class): drop --class"
+    for spec in ("blonde", "0", ""):  # "0" and "" named the one class "" (samples_seed0__psi...)
+        args = mod.get_args(["--sample", path, "--class", spec, "--truncation", "0.7"])
+        with pytest.raises(common.UserError, match=f"^{re.escape(refused)}$"):
+            mod.sample(args)
+    assert not [f for f in os.listdir(tmp_path / "run") if f.startswith("samples_")]
+    r = run_cli(f"{model}.py", "--sample", path, "--class", "blonde", "--device", "cpu")
+    assert r.returncode == 1 and r.stderr == f"{model}: error: {refused}\n"
+
+
+@pytest.mark.parametrize(
+    "model, flags, name",
+    [
+        ("cgan", ["--class", "blonde", "--truncation", "1.5"], "samples_seed0_blonde.png"),
+        (
+            "stylegan2_ada",
+            ["--class", "blonde", "--truncation", "0.7", "--truncation-cutoff", "2"],
+            "samples_seed0_blonde_psi0.7_cutoff2.png",
+        ),
+        # without --truncation the cutoff changes nothing, so the name does not carry it
+        ("stylegan2_ada", ["--class", "1", "--truncation-cutoff", "2"], "samples_seed0_{1}.png"),
+        ("stylegan2_ada", ["--truncation", "-0.5"], "samples_seed0_psi-0.5.png"),
+    ],
+)
+def test_sample_names_join_class_and_truncation_cleanly(model, flags, name, tmp_path, capsys):
+    mod, G, path = trained_generator(model, tmp_path / "run")
+    name = name.replace("{1}", G.classes[1])
+    capsys.readouterr()
+    mod.sample(mod.get_args(["--sample", path, "--n", "4", "--device", "cpu", *flags]))
+    printed = capsys.readouterr().out.strip()
+    assert os.path.basename(printed) == name and "__" not in name
+    assert os.path.getsize(tmp_path / "run" / name) > 0
+
+
+SIZE_FLAGS = {
+    "cgan": ["--z-dim", "--g-ch", "--d-ch", "--embed-dim"],
+    "stylegan2_ada": [
+        "--z-dim",
+        "--w-dim",
+        "--map-layers",
+        "--cbase",
+        "--cmax",
+        "--mbstd-group",
+        "--truncation-cutoff",
+    ],
+}
+
+
+@pytest.mark.parametrize("model", LABELLED_API)
+def test_size_and_count_flags_refuse_zero_and_negatives_in_one_line(model):
+    mod = importlib.import_module(model)
+
+    def refused(flag, value):
+        with pytest.raises(SystemExit) as e:
+            mod.get_args([flag, value])
+        return e.value.code
+
+    for flag in SIZE_FLAGS[model]:
+        for value in ("0", "-1"):
+            why = f"must be an integer above 0, got '{value}'"
+            assert refused(flag, value) == f"{model}: error: argument {flag}: {why} (see --help)"
+    if model == "stylegan2_ada":
+        why = "must be a number above 0, got '0'"
+        assert (
+            refused("--ada-kimg", "0") == f"{model}: error: argument --ada-kimg: {why} (see --help)"
+        )
+    else:  # instance noise: 0 turns it off, below 0 means nothing
+        for flag in ("--noise-std", "--noise-kimg"):
+            why = "must be 0 (off) or a number above 0, got '-1'"
+            assert refused(flag, "-1") == f"{model}: error: argument {flag}: {why} (see --help)"
+        args = mod.get_args(["--noise-std", "0", "--noise-kimg", "0"])
+        assert args.noise_std == 0.0 and args.noise_kimg == 0.0
+
+
+def test_stylegan2_cbase_below_res_is_one_line_before_training(tmp_path):
+    mod, args = tiny_args("stylegan2_ada", tmp_path / "run", "--cbase", "16")  # 16 / 32: 0 channels
+    with pytest.raises(common.UserError, match="^--cbase 16 leaves no channels at 32x32; use at"):
+        mod.train(args)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_stylegan2_augment_takes_a_float_p_as_a_tensor_p():
+    from stylegan2_ada import augment
+
+    x = torch.rand(4, 3, 32, 32) * 2 - 1
+    torch.manual_seed(0)
+    a = augment(x, 0.5)
+    torch.manual_seed(0)
+    b = augment(x, torch.tensor(0.5))
+    assert torch.equal(a, b) and not torch.equal(a, x)
+    assert torch.equal(augment(x, 0.0), x) and torch.equal(augment(x, 0), x)  # p 0: identity
+
+
 # --- labels from tags: a CSV of attributes (issue 14) ------------------------------------------
 
 CONDITIONAL = [m for m in ("cgan", "biggan", "stylegan2_ada") if m in MODELS]
@@ -3473,7 +3801,7 @@ def test_labels_csv_bad_input_is_one_line_or_a_counted_skip(tmp_path, capsys):
 
 @pytest.mark.skipif(len(CONDITIONAL) < 3, reason="a conditional model file is absent")
 def test_class_helpers_are_the_same_in_the_conditional_files():
-    for name in ("attributes", "parse_class", "draw_labels", "attribute_grid"):
+    for name in ("attributes", "parse_class", "draw_labels", "attribute_grid", "check_labels"):
         bodies = set()
         for m in CONDITIONAL:
             text = open(os.path.join(HERE, f"{m}.py")).read()
@@ -3495,7 +3823,7 @@ def test_class_spec_names_any_subset_of_attributes():
         ("red", "a value of several attributes \\(hair, eyes\\): name it, e.g. hair=red"),
         ("purple", "not a value of any attribute \\(hair: black, blonde, red; eyes: "),
         ("mouth=open", "no attribute 'mouth' \\(attributes: hair, eyes\\)"),
-        ("hair=purple", "not a hair value: black, blonde, red"),
+        ("hair=purple", "not one of the hair values: black, blonde, red"),
         ("hair=red,hair=black", "hair is given twice"),
     ]:
         with pytest.raises(common.UserError, match=f"--class {spec}: {message}"):
@@ -3538,7 +3866,7 @@ def test_conditional_model_trains_on_two_attributes_and_samples_any_combination(
         assert os.path.getsize(out / f"samples_seed0_{name}.png") > 0
     r = run_cli(f"{model}.py", "--sample", ckpt_path, "--class", "hair=purple")
     assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
-    assert "--class hair=purple: not a hair value: black, blonde, red" in r.stderr
+    assert "--class hair=purple: not one of the hair values: black, blonde, red" in r.stderr
     # --resume takes the labels from the checkpoint's arguments, and keeps the value lists
     os.rename(csv_path + ".away", csv_path)
     mod.train(mod.get_args(["--out", str(out), "--resume", "--steps", "3", "--device", "cpu"]))
