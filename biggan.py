@@ -16,7 +16,7 @@ Paper -> code
   inner product per attribute, summed: sum_i <embed_i(y_i), phi(x)>. One table holds every
   attribute's rows, offset per attribute; one attribute is the paper's model unchanged
                                              -> Generator.conditions, Discriminator, attributes
-- hinge loss (sec. 3)                        -> hinge_loss_d, hinge_loss_g
+- hinge loss (sec. 3)                        -> loss_d, loss_g
 - orthogonal regularisation, off-diagonal form, beta 1e-4 (sec. 3.1, eq. 3)  -> ortho_penalty
 - truncation trick: z entries beyond |T| are redrawn (sec. 3.1, fig. 2a)
                                              -> sample_z, truncation_frames
@@ -330,13 +330,13 @@ def init_weights(m):
 # --- losses -------------------------------------------------------------------------------------
 
 
-def hinge_loss_d(logits_real, logits_fake):
+def loss_d(logits_real, logits_fake):
     """Hinge loss (Lim & Ye 2017), as in SA-GAN: D gets no gradient from samples it already
     classifies beyond the margin, which keeps it from overfitting easy examples."""
     return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
 
 
-def hinge_loss_g(logits_fake):
+def loss_g(logits_fake):
     return -logits_fake.mean()
 
 
@@ -471,7 +471,7 @@ def train(args):
                 x_all, y_all = torch.cat([x_real, x_fake]), torch.cat([y_real, y_fake])
                 logits = D_train(x_all, y_all).float()  # (2B,)
                 logits_real, logits_fake = logits[:B], logits[B:]
-                loss_D = hinge_loss_d(logits_real, logits_fake)
+                loss_D = loss_d(logits_real, logits_fake)
             opt_D.zero_grad(set_to_none=True)
             scaler_D.scale(loss_D).backward()
             scaler_D.step(opt_D)
@@ -481,7 +481,7 @@ def train(args):
         z = torch.randn(B, args.z_dim, device=device)
         y_fake = random_labels(n_classes, B, device)
         with run.autocast:
-            loss_G = hinge_loss_g(D_train(G_train(z, y_fake), y_fake).float())
+            loss_G = loss_g(D_train(G_train(z, y_fake), y_fake).float())
         loss_ortho = ortho_penalty(G, args.ortho_beta)
         opt_G.zero_grad(set_to_none=True)
         scaler_G.scale(loss_G + loss_ortho).backward()
@@ -740,6 +740,8 @@ def attribute_grid(classes, counts):
 
 
 def sample(args):
+    if args.interp and args.truncation_sweep:
+        raise UserError("choose one of --interp, --truncation-sweep")
     device, standing = setup_device(args.device)[0], args.standing_stats
     if standing < 0:
         raise UserError(f"--standing-stats {standing}: a number of batches (0: none)")

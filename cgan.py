@@ -522,6 +522,8 @@ def sample(args):
         y = draw_labels(G.classes, G.class_counts, args.n, gen, fixed)
         attrs = attributes(G.classes)
         tag += "".join(f"_{attrs[i][1][v]}" for i, v in fixed.items())
+    if args.truncation is not None:
+        tag += f"_trunc{args.truncation:g}"
     folder = os.path.dirname(args.sample)
     if args.interp:
         frames = interpolation_frames(G, args.n, args.seed, args.truncation, y)

@@ -12,7 +12,7 @@ Paper -> code
 - spectral normalisation on every layer of G as well as D, one power iteration per training
   forward, u and v kept as buffers (sec. 4.1; Miyato et al., Alg. 1) -> SpectralNorm, SNConv2d,
                                                                         SNConvTranspose2d
-- hinge loss (sec. 3, eq. 4)                                         -> hinge_loss_d, hinge_loss_g
+- hinge loss (sec. 3, eq. 4)                                         -> loss_d, loss_g
 - D and G updated in turn, each on a z ~ p_z of its own (eq. 4)      -> train
 - TTUR: lr 1e-4 for G, 4e-4 for D, one D step per G step (sec. 4.2); Adam betas (0, 0.9)
   (sec. 5)                                                           -> train
@@ -243,13 +243,13 @@ def attention_gamma(model):
 # --- losses -------------------------------------------------------------------------------------
 
 
-def hinge_loss_d(logits_real, logits_fake):
+def loss_d(logits_real, logits_fake):
     """hinge loss (Lim & Ye 2017), as in SNGAN/SAGAN: D gets no gradient from samples it already
     classifies beyond the margin, which keeps it from overfitting easy examples (sec. 3, eq. 4)."""
     return F.relu(1.0 - logits_real).mean() + F.relu(1.0 + logits_fake).mean()
 
 
-def hinge_loss_g(logits_fake):
+def loss_g(logits_fake):
     """G raises D's score of its samples, without a margin (sec. 3, eq. 4)."""
     return -logits_fake.mean()
 
@@ -306,7 +306,7 @@ def train(args):
                 x_fake = G_train(z)
             logits = D_train(torch.cat([x_real, x_fake])).float()  # (2B,)
             logits_real, logits_fake = logits.chunk(2)
-            loss_D = hinge_loss_d(logits_real, logits_fake)
+            loss_D = loss_d(logits_real, logits_fake)
         opt_D.zero_grad(set_to_none=True)
         scaler_D.scale(loss_D).backward()
         scaler_D.step(opt_D)
@@ -318,7 +318,7 @@ def train(args):
         # heykeetae/Self-Attention-GAN (trainer.py:154)
         z = sample_z(B, args.z_dim, None, device=device)
         with run.autocast:
-            loss_G = hinge_loss_g(D_train(G_train(z)).float())
+            loss_G = loss_g(D_train(G_train(z)).float())
         opt_G.zero_grad(set_to_none=True)
         scaler_G.scale(loss_G).backward()
         scaler_G.step(opt_G)
@@ -383,15 +383,14 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
 
 def sample(args):
     G = load_generator(args.sample, setup_device(args.device)[0])
-    path = os.path.join(os.path.dirname(args.sample), f"seed{args.seed}")
+    tag = f"seed{args.seed}" + (f"_trunc{args.truncation:g}" if args.truncation is not None else "")
+    folder = os.path.dirname(args.sample)
     if args.interp:
         frames = interpolation_frames(G, args.n, args.seed, args.truncation)
-        path = save_gif(frames, path.replace("seed", "interp_seed") + ".gif")
+        path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
     else:
-        path = save_grid(
-            generate(G, args.n, args.seed, args.truncation),
-            path.replace("seed", "samples_seed") + ".png",
-        )
+        images = generate(G, args.n, args.seed, args.truncation)
+        path = save_grid(images, os.path.join(folder, f"samples_{tag}.png"))
     print(path)
 
 

@@ -11,7 +11,7 @@ Paper -> code
 - ResNet G (BatchNorm, ReLU, nearest upsampling, 3x3 convs) and D (ReLU, no normalisation
   layers, global sum pooling, linear output) (Appendix B)               -> GBlock, DBlock
 - Glorot-uniform initialisation (Appendix B)                            -> glorot
-- the hinge loss (sec. 4, after Lim & Ye 2017)                          -> hinge_loss_d/_g
+- the hinge loss (sec. 4, after Lim & Ye 2017)                          -> loss_d, loss_g
 - Adam with beta1 0, beta2 0.9, as in the paper's ResNet runs (App. B)  -> train
 
 Not from the paper: what changes results
@@ -221,13 +221,13 @@ class Discriminator(nn.Module):
 # --- losses -------------------------------------------------------------------------------------
 
 
-def hinge_loss_d(logits_real, logits_fake):
+def loss_d(logits_real, logits_fake):
     """Hinge loss (Lim & Ye 2017), as in SNGAN (sec. 4): D gets no gradient from samples it
     already classifies beyond the margin of 1, which keeps it from overfitting easy examples."""
     return F.relu(1 - logits_real).mean() + F.relu(1 + logits_fake).mean()
 
 
-def hinge_loss_g(logits_fake):
+def loss_g(logits_fake):
     """G minimises -D(G(z)) (sec. 4): the hinge is D's alone."""
     return -logits_fake.mean()
 
@@ -278,7 +278,7 @@ def train(args):
             with torch.no_grad():  # D's step needs no graph through G
                 x_fake = G_train(z)
             logits_real, logits_fake = D_train(x_real), D_train(x_fake)
-            loss_D = hinge_loss_d(logits_real.float(), logits_fake.float())
+            loss_D = loss_d(logits_real.float(), logits_fake.float())
         opt_D.zero_grad(set_to_none=True)
         scaler_D.scale(loss_D).backward()
         scaler_D.step(opt_D)
@@ -289,7 +289,7 @@ def train(args):
         # G step) and the recipe (tqch/SNGAN-AnimeFace, train.py:231-236) do; n_dis = 1, not 5
         z = torch.randn(x_real.shape[0], args.z_dim, device=device)
         with run.autocast:
-            loss_G = hinge_loss_g(D_train(G_train(z)).float())
+            loss_G = loss_g(D_train(G_train(z)).float())
         opt_G.zero_grad(set_to_none=True)
         scaler_G.scale(loss_G).backward()
         scaler_G.step(opt_G)
@@ -377,16 +377,18 @@ def sample(args):
     if args.walk + args.interp + args.truncation_sweep > 1:
         raise UserError("choose one of --walk, --interp, --truncation-sweep")
     G = load_generator(args.sample, setup_device(args.device)[0])
-    folder, n, seed, t = os.path.dirname(args.sample) or ".", args.n, args.seed, args.truncation
+    tag = f"seed{args.seed}" + (f"_trunc{args.truncation:g}" if args.truncation is not None else "")
+    folder, n, seed, t = os.path.dirname(args.sample), args.n, args.seed, args.truncation
     if args.walk:
-        path = save_gif(walk_frames(G, n, seed, t), f"{folder}/walk_seed{seed}.gif")
+        path = save_gif(walk_frames(G, n, seed, t), os.path.join(folder, f"walk_{tag}.gif"))
     elif args.interp:
-        path = save_gif(interpolation_frames(G, n, seed, t), f"{folder}/interp_seed{seed}.gif")
+        frames = interpolation_frames(G, n, seed, t)
+        path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
     elif args.truncation_sweep:
         frames = truncation_sweep_frames(G, n, seed, t)
-        path = save_gif(frames, f"{folder}/truncation_sweep_seed{seed}.gif")
+        path = save_gif(frames, os.path.join(folder, f"truncation_{tag}.gif"))
     else:
-        path = save_grid(generate(G, n, seed, t), f"{folder}/samples_seed{seed}.png")
+        path = save_grid(generate(G, n, seed, t), os.path.join(folder, f"samples_{tag}.png"))
     print(path)
 
 

@@ -998,6 +998,8 @@ def style_mixing_grid(G, n, seed=0, truncation=None, y=None, coarse=4):
 
 
 def sample(args):
+    if args.interp and args.mixing:
+        raise UserError("choose one of --interp, --mixing")
     G = load_generator(args.sample, setup_device(args.device)[0])
     G.truncation_cutoff = args.truncation_cutoff
     tag, y, k = f"seed{args.seed}", None, max(1, math.isqrt(args.n))

@@ -846,17 +846,12 @@ def test_biggan_conditional_bn_statistics_are_fp32_inside_autocast():
 
 
 # train() casts D's logits to fp32 before every loss (under autocast most come out bf16)
-LOSSES = {
-    "dcgan": ["loss_d", "loss_g"],
-    "wgan": ["loss_d", "loss_g"],
-    "cgan": ["loss_d", "loss_g"],
-    "sngan": ["hinge_loss_d", "hinge_loss_g"],
-    "sagan": ["hinge_loss_d", "hinge_loss_g"],
-    "biggan": ["hinge_loss_d", "hinge_loss_g", "ortho_penalty"],
-}
+LOSSES = {m: ["loss_d", "loss_g"] for m in MODELS}  # one name in every file
+if "biggan" in LOSSES:
+    LOSSES["biggan"].append("ortho_penalty")
 
 
-@pytest.mark.parametrize("model", [m for m in LOSSES if m in MODELS])
+@pytest.mark.parametrize("model", LOSSES)
 def test_losses_see_fp32_logits_in_a_bf16_training_step(model, tmp_path, monkeypatch):
     mod, args = tiny_args(model, tmp_path / "run", "--precision", "bf16", steps=1)
     seen = []
@@ -1118,6 +1113,28 @@ def test_a_sample_grid_that_cannot_be_written_is_one_line(trained, tmp_path):
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
 
+def test_a_truncated_sample_says_so_in_its_file_name(trained, tmp_path, capsys):
+    mod, out = trained
+    ckpt = shutil.copy(out / "ckpt.pt", tmp_path / "ckpt.pt")
+    capsys.readouterr()
+    mod.sample(mod.get_args(["--sample", str(ckpt), "--n", "4", "--truncation", "0.5"]))
+    psi = mod.__name__ == "stylegan2_ada"  # --truncation is psi there
+    assert capsys.readouterr().out.strip() == str(
+        tmp_path / ("samples_seed0_psi0.5.png" if psi else "samples_seed0_trunc0.5.png")
+    )
+
+
+@pytest.mark.parametrize(
+    "model, modes",
+    [("sngan", ["--walk", "--interp"]), ("biggan", ["--interp", "--truncation-sweep"])]
+    + [("stylegan2_ada", ["--interp", "--mixing"])],
+)
+def test_two_sampling_modes_at_once_are_refused(model, modes):
+    mod = importlib.import_module(model)
+    with pytest.raises(common.UserError, match=f"^choose one of {modes[0]}, {modes[1]}"):
+        mod.sample(mod.get_args(["--sample", "x.pt", *modes]))
+
+
 def help_text(model):
     out = io.StringIO()
     with pytest.raises(SystemExit) as e, contextlib.redirect_stdout(out):
@@ -1319,25 +1336,11 @@ def test_spectral_norm_survives_two_forwards_before_one_backward(model):
     D = mod.Discriminator(32, 8) if model == "sagan" else mod.Discriminator(32, 4, n_classes=2)
     args = () if model == "sagan" else (torch.zeros(2, dtype=torch.long),)
     us = [b.clone() for name, b in D.named_buffers() if name.endswith("u")]
-    loss = mod.hinge_loss_d(
-        D(torch.randn(2, 3, 32, 32), *args), D(torch.randn(2, 3, 32, 32), *args)
-    )
+    loss = mod.loss_d(D(torch.randn(2, 3, 32, 32), *args), D(torch.randn(2, 3, 32, 32), *args))
     loss.backward()
     after = [b for name, b in D.named_buffers() if name.endswith("u")]
     assert us and not all(torch.equal(a, b) for a, b in zip(us, after))
     assert all(p.grad is not None for p in D.parameters() if p.requires_grad)
-
-
-@pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
-def test_sagan_hinge_losses_on_known_logits():
-    import sagan
-
-    zero = torch.zeros(4)
-    assert sagan.hinge_loss_d(zero, zero).item() == pytest.approx(2.0)
-    assert (
-        sagan.hinge_loss_d(torch.full((4,), 3.0), torch.full((4,), -3.0)).item() == 0.0
-    )  # beyond the margin
-    assert sagan.hinge_loss_g(torch.tensor([1.0, 3.0])).item() == pytest.approx(-2.0)
 
 
 @pytest.mark.skipif("sagan" not in MODELS, reason="sagan.py absent")
@@ -3191,25 +3194,27 @@ def test_sngan_two_forwards_before_backward():
 
     D = sngan.Discriminator(32, 8)
     u0 = D.blocks[1].conv1.u.clone()
-    loss = sngan.hinge_loss_d(D(torch.randn(2, 3, 32, 32)), D(torch.randn(2, 3, 32, 32)))
+    loss = sngan.loss_d(D(torch.randn(2, 3, 32, 32)), D(torch.randn(2, 3, 32, 32)))
     loss.backward()
     assert not torch.equal(D.blocks[1].conv1.u, u0) and all(
         p.grad is not None for p in D.parameters()
     )
 
 
-@pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
-def test_sngan_hinge_loss_on_known_logits():
-    import sngan
-
+@pytest.mark.parametrize("model", [m for m in ("sngan", "sagan", "biggan") if m in MODELS])
+def test_the_hinge_loss_on_known_logits(model):
+    """loss_d = E[relu(1 - D(x))] + E[relu(1 + D(G(z)))], loss_g = -E[D(G(z))] (Lim & Ye 2017; SNGAN
+    sec. 4, SAGAN eq. 4, BigGAN sec. 3): no gradient for logits beyond the margin."""
+    mod = importlib.import_module(model)
     real = torch.tensor([2.0, 0.5, -1.0], requires_grad=True)
     fake = torch.tensor([-2.0, 0.0, 1.5], requires_grad=True)
-    loss_D = sngan.hinge_loss_d(real, fake)
+    loss_D = mod.loss_d(real, fake)
     assert loss_D.item() == pytest.approx((0 + 0.5 + 2) / 3 + (0 + 1 + 2.5) / 3)
     loss_D.backward()
-    assert real.grad.tolist() == pytest.approx([0, -1 / 3, -1 / 3])  # no gradient beyond the margin
+    assert real.grad.tolist() == pytest.approx([0, -1 / 3, -1 / 3])  # none beyond the margin
     assert fake.grad.tolist() == pytest.approx([0, 1 / 3, 1 / 3])
-    assert sngan.hinge_loss_g(fake).item() == pytest.approx(0.5 / 3)
+    assert mod.loss_g(fake).item() == pytest.approx(0.5 / 3)
+    assert mod.loss_d(torch.zeros(4), torch.zeros(4)).item() == pytest.approx(2.0)
 
 
 @pytest.mark.skipif("sngan" not in MODELS, reason="sngan.py absent")
@@ -3635,7 +3640,7 @@ def test_class_on_an_unconditional_checkpoint_is_refused_before_any_sampling(
 @pytest.mark.parametrize(
     "model, flags, name",
     [
-        ("cgan", ["--class", "blonde", "--truncation", "1.5"], "samples_seed0_blonde.png"),
+        ("cgan", ["--class", "blonde", "--truncation", "1.5"], "samples_seed0_blonde_trunc1.5.png"),
         (
             "stylegan2_ada",
             ["--class", "blonde", "--truncation", "0.7", "--truncation-cutoff", "2"],

@@ -290,15 +290,14 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
 
 def sample(args):
     G = load_generator(args.sample, setup_device(args.device)[0])
-    path = os.path.join(os.path.dirname(args.sample), f"seed{args.seed}")
+    tag = f"seed{args.seed}" + (f"_trunc{args.truncation:g}" if args.truncation is not None else "")
+    folder = os.path.dirname(args.sample)
     if args.interp:
         frames = interpolation_frames(G, args.n, args.seed, args.truncation)
-        path = save_gif(frames, path.replace("seed", "interp_seed") + ".gif")
+        path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
     else:
-        path = save_grid(
-            generate(G, args.n, args.seed, args.truncation),
-            path.replace("seed", "samples_seed") + ".png",
-        )
+        images = generate(G, args.n, args.seed, args.truncation)
+        path = save_grid(images, os.path.join(folder, f"samples_{tag}.png"))
     print(path)
 
 
