@@ -644,6 +644,21 @@ def load_checkpoint(path, device="cpu"):
     return ckpt
 
 
+def leave(status):
+    """sys.exit(status); under torchrun os._exit, once everything is written. torch 2.13's DDP
+    keeps the gloo process group's worker threads alive after destroy_process_group; one that
+    releases the last collective's tensors while Python shuts down needs the interpreter, which
+    ends the thread, and the C++ runtime aborts the process (SIGABRT, 'terminate called without
+    an active exception') after a run that finished. os._exit skips that shutdown."""
+    if int(os.environ.get("WORLD_SIZE", 1)) == 1:
+        sys.exit(status)
+    if isinstance(status, str):
+        print(status, file=sys.stderr)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(1 if isinstance(status, str) else status or 0)
+
+
 def any_rank(flag, device):  # all ranks call it together; one process: no tensor, no GPU sync
     if not dist.is_initialized():
         return bool(flag)
@@ -771,6 +786,9 @@ if __name__ == "__main__":
     try:
         sample(args) if args.sample else train(args)
     except UserError as e:
-        sys.exit(f"{MODEL}: error: {e}")
+        leave(f"{MODEL}: error: {e}")
     except OSError as e:  # e.g. a sample grid on a full disk
-        sys.exit(f"{MODEL}: error: could not write {e.filename}: {e.strerror}")
+        leave(f"{MODEL}: error: could not write {e.filename}: {e.strerror}")
+    except SystemExit as e:  # stopped by Ctrl-C or SIGTERM, after saving: 130 or 143
+        leave(e.code)
+    leave(0)
