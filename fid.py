@@ -21,15 +21,15 @@ What is measured
   one subset, the whole sets, when both sides have exactly that many.
 
 Inputs (REAL and FAKE alike): an image folder (subfolders are read too), a .zip, `toy`, or a model
-checkpoint (`out/sagan/ckpt.pt`): the model file named in the checkpoint is imported and --n images
+checkpoint (`out/sagan-anime64/ckpt.pt`): the model file named in the checkpoint is imported and --n images
 are drawn from its G_ema with its `load_generator` / `generate`. Image sets are read by
 `common.load_images` at the checkpoint's resolution (--res overrides; 64 when neither side is a
 checkpoint) and, with --n, reduced to a fixed random subset of n images. Their features are cached
 under $GAN_CACHE_DIR/fid (the convention of common.py), keyed by the pixels and the weights.
 
 Usage
-    python fid.py ../shared/data/anime64 out/sagan/ckpt.pt                 # 10,000 fakes vs all reals
-    python fid.py ../shared/data/anime64 out/sagan/ckpt.pt --n 50000 --json out/sagan/fid.json
+    python fid.py ../shared/data/anime64 out/sagan-anime64/ckpt.pt                 # 10,000 fakes vs all reals
+    python fid.py ../shared/data/anime64 out/sagan-anime64/ckpt.pt --n 50000 --json out/sagan-anime64/fid.json
     python fid.py ../shared/data/anime64 ../shared/data/anime_hair --n 500 \\
         --inception ../shared/fid/pt_inception-2015-12-05.pth                  # offline weights
 The last line printed is `fid X | kid Y | n_real N | n_fake M`.
