@@ -82,7 +82,6 @@ import sys
 import threading
 import time
 
-import numpy as np
 import torch
 import torch.distributed as dist
 import torch.nn as nn
@@ -367,28 +366,19 @@ def ema_beta(batch, ema_kimg):
     return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
 
 
+def ema_half_life(step, args):
+    """--ema-kimg, ramped up: at most --ema-rampup of the thousands of images seen by `step`
+    (StyleGAN2-ADA's ramp), so early G_ema follows G closely; --ema-rampup 0: no ramp-up."""
+    seen = step * args.batch / 1000
+    return min(args.ema_kimg, seen * args.ema_rampup) if args.ema_rampup else args.ema_kimg
+
+
 def random_labels(n_classes, n, device):
     """Fake labels, each attribute uniform over its values as the paper's class is: (n,) for
     n_classes a count, (n, k) for a list of k counts."""
     if isinstance(n_classes, int):
         return torch.randint(n_classes, (n,), device=device)
     return torch.stack([torch.randint(c, (n,), device=device) for c in n_classes], 1)
-
-
-def fixed_latents(attrs, counts, z_dim, seed):
-    """The training grid's z, labels, columns and header text. One attribute: one class per row,
-    8 samples each (8 rows for one class; columns None: 8 a row). Several: rows are the first
-    attribute's values, columns the second's, one z per row (the same z across it); the others
-    at their most frequent value."""
-    gen = torch.Generator().manual_seed(seed)
-    if len(attrs) == 1:
-        n_classes = len(attrs[0][1])
-        rows = n_classes if n_classes > 1 else 8
-        y = torch.arange(rows * 8) // 8 % n_classes
-        return sample_z(rows * 8, z_dim, gen), y, None, f"{n_classes} class(es)"
-    y, cols, about = attribute_grid(dict(attrs), counts)
-    z = sample_z(len(attrs[0][1]), z_dim, gen).repeat_interleave(cols, 0)  # one z per row
-    return z, y, cols, about
 
 
 @torch.no_grad()
@@ -414,10 +404,7 @@ def train(args):
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
     attrs = attributes(data.classes)  # [(name, values)]: one, or one per CSV column
-    labels = data.labels.reshape(len(data.labels), -1)  # (N, k)
-    counts = [
-        np.bincount(labels[:, i], minlength=len(v)).tolist() for i, (_, v) in enumerate(attrs)
-    ]
+    counts = class_counts(data.classes, data.labels)
     n_classes = len(data.classes) if len(attrs) == 1 else [len(v) for _, v in attrs]
     if n_classes == 1:
         run.say(f"{args.data} has one class: G and D train with a single class embedding")
@@ -431,8 +418,8 @@ def train(args):
     # it for the paper's rates (BigGAN-PyTorch BigGAN.py:61 and :288, utils.py:295)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-8)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-8)
-    if run.ckpt is not None and "class_counts" not in run.ckpt:  # saved before class_counts
-        run.ckpt["class_counts"] = counts
+    if run.ckpt is not None:  # a checkpoint from before class counts were kept
+        run.ckpt.setdefault("class_counts", counts)
     # --resume loads these
     run.track(
         classes=data.classes,
@@ -446,8 +433,7 @@ def train(args):
     )
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
     G_train, D_train = run.wrap(G, D)  # DDP under torchrun, torch.compile with --compile
-    beta = ema_beta(args.batch, args.ema_kimg)
-    z_fixed, y_fixed, cols, about = fixed_latents(attrs, counts, args.z_dim, args.seed)
+    z_fixed, y_fixed, cols, about = fixed_latents(data.classes, counts, args.z_dim, args.seed)
     z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device)
     about = f"{len(data.labels)} images, {about}"
 
@@ -489,6 +475,7 @@ def train(args):
         scaler_G.update()
 
         # (3) G_ema: a moving average of G's weights (appendix C); a copy of G until --ema-start
+        beta = ema_beta(args.batch, ema_half_life(step, args))
         update_ema(G_ema, G, beta if step >= args.ema_start else 0.0)
         d_real, d_fake = logits_real.mean(), logits_fake.mean()  # of the last D step
         run.log(loss_D=loss_D, loss_G=loss_G, d_real=d_real, d_fake=d_fake, ortho=loss_ortho)
@@ -576,12 +563,29 @@ def cached_standing_stats(G, n_batches, batch=64):
     return G
 
 
+ARCH = (
+    "res",
+    "z_dim",
+    "g_ch",
+    "d_ch",
+    "shared_dim",
+    "attn_res",
+)  # the arguments that shape G and D
+
+
+def read_weights(path, device="cpu"):
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes", "class_counts"}: what
+    load_generator and --init read."""
+    ckpt = load_checkpoint(path, device)
+    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+
+
 def load_generator(path, device="cpu", standing=16, batch=64):
     """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .classes and .class_counts for
     generate(). Its BatchNorm statistics are standing statistics from `standing` batches of
     `batch` samples, computed on the first load and then read from the cache folder
     (cached_standing_stats); standing=0 keeps the ones stored in the checkpoint."""
-    ckpt = load_checkpoint(path, device)
+    ckpt = read_weights(path, device)
     a, n_classes = ckpt["args"], [len(values) for _, values in attributes(ckpt["classes"])]
     G = Generator(a["res"], a["z_dim"], a["g_ch"], n_classes, a["shared_dim"], a["attn_res"])
     G.load_state_dict(ckpt["G_ema"])
@@ -617,7 +621,7 @@ def check_labels(classes, y, n):
     return y
 
 
-def class_labels(G, n, y=None, seed=0):
+def labels(G, n, y=None, seed=0):
     """y as labels, (n,) for one attribute, (n, k) for several. None: one attribute cycles
     through the classes (0, 1, 2, ...); several are drawn from their training frequencies,
     seeded by `seed`. An int is one class (one attribute); any y is checked by check_labels.
@@ -633,9 +637,9 @@ def class_labels(G, n, y=None, seed=0):
 def generate(G, n, seed=0, truncation=None, y=None):
     """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
     truncation: a bound on |z| (entries beyond it are redrawn). y: a class index, or labels (n,)
-    or (n, k); None: see class_labels."""
+    or (n, k); None: see labels."""
     z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    y, device = class_labels(G, n, y, seed), next(G.parameters()).device
+    y, device = labels(G, n, y, seed), next(G.parameters()).device
     xs = [G(z[i : i + 256].to(device), y[i : i + 256].to(device)) for i in range(0, n, 256)]
     return torch.cat([x.float().cpu() for x in xs])
 
@@ -646,7 +650,7 @@ def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16
     image keeps its class."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
     zs, frames = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)], []
-    y = class_labels(G, n, y, seed).to(device)
+    y = labels(G, n, y, seed).to(device)
     for a, b in zip(zs, zs[1:] + zs[:1]):
         cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True)
         omega = torch.arccos(cos.clamp(-1, 1)).clamp_min(1e-6)  # (n, 1): the angle a to b
@@ -739,6 +743,43 @@ def attribute_grid(classes, counts):
     return y, cols, about
 
 
+def fixed_latents(classes, counts, z_dim, seed):
+    """The training grid's z, labels, columns (None: 8 a row) and header. One attribute: a row per
+    class, the same 8 z in every row, so that rows differ only by their label (one class: 64
+    distinct z). Several: the first attribute's values down, the second's across, one z per row
+    (attribute_grid)."""
+    gen, attrs = torch.Generator().manual_seed(seed), attributes(classes)
+    if len(attrs) > 1:
+        y, cols, about = attribute_grid(classes, counts)
+        return (
+            torch.randn(len(attrs[0][1]), z_dim, generator=gen).repeat_interleave(cols, 0),
+            y,
+            cols,
+            about,
+        )
+    values = attrs[0][1]
+    if len(values) == 1:
+        return (
+            torch.randn(64, z_dim, generator=gen),
+            torch.zeros(64, dtype=torch.long),
+            None,
+            "one class",
+        )
+    z = torch.randn(8, z_dim, generator=gen).repeat(len(values), 1)  # (8 * classes, z_dim)
+    y = torch.arange(len(values)).repeat_interleave(8)
+    return z, y, None, f"{len(values)} classes, grid rows top to bottom: {', '.join(values)}"
+
+
+def class_counts(classes, labels):
+    """The training images per value of each attribute, [[count per value] per attribute]: the
+    frequencies draw_labels samples from and attribute_grid holds the other attributes at."""
+    y = torch.as_tensor(labels).reshape(len(labels), -1)  # (N, k)
+    return [
+        torch.bincount(col, minlength=len(v)).tolist()
+        for col, (_, v) in zip(y.T, attributes(classes))
+    ]
+
+
 def sample(args):
     if args.interp and args.truncation_sweep:
         raise UserError("choose one of --interp, --truncation-sweep")
@@ -805,6 +846,8 @@ class Run:
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
         ckpt, self.ckpt = self.ckpt or {}, None  # loaded here, not kept for the whole run
+        if "init" in ckpt:
+            ckpt = self.start_from(ckpt)
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
@@ -823,6 +866,26 @@ class Run:
         for m in state.values():
             if isinstance(m, nn.Module):
                 m.to(memory_format=self.layout)
+
+    def start_from(self, weights):
+        """--init: G, D and G_ema from the file (G_ema as its G where it has none, D as initialised
+        where it has no D). Nothing else: the run starts at step 0. -> {} (nothing to resume)"""
+        path, nets = weights["init"], dict(G=weights.get("G"), D=weights.get("D"))
+        nets["G"] = nets["G"] if nets["G"] is not None else weights.get("G_ema")
+        nets["G_ema"] = weights["G_ema"] if weights.get("G_ema") is not None else nets["G"]
+        theirs, ours = weights.get("classes"), self.state.get("classes")
+        if theirs is not None and ours is not None:  # a CSV's attributes: {name: count}
+            if (theirs := class_sizes(theirs)) != (ours := class_sizes(ours)):
+                raise UserError(f"{path} has {theirs} classes, this data {ours}")
+        for k, sd in nets.items():
+            try:
+                sd is None or self.state[k].load_state_dict(sd)
+            except RuntimeError as e:  # a shape that differs: the first line that says which
+                why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e))
+                raise UserError(f"--init {path}: its {k} does not fit this run ({why})") from None
+        kept = ", ".join(k for k, sd in nets.items() if sd is not None)
+        self.say(f"starting from {path}: {kept}" + ("" if nets["D"] else "; D as initialised"))
+        return {}
 
     def wrap(self, *models, ddp=True):  # the modules as the step calls them
         models = [DDP(m) if ddp and self.world > 1 else m for m in models]
@@ -993,8 +1056,10 @@ def start_or_resume(args):
     typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
     if os.path.exists(path) and not args.resume:
         raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run and --resume continues one: choose one")
     if not args.resume:
-        return args, None
+        return (args, None) if args.init is None else init_from(args, typed)
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
@@ -1007,6 +1072,22 @@ def start_or_resume(args):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
     return argparse.Namespace(**(vars(args) | kept)), ckpt
+
+
+def class_sizes(classes):  # a class count, or {attribute: count} for several attributes
+    return {k: len(v) for k, v in classes.items()} if isinstance(classes, dict) else len(classes)
+
+
+def init_from(args, typed):
+    """--init FILE: the networks' sizes from FILE (one typed otherwise is refused) and their
+    weights, which Run.track loads; steps, optimizers and data start anew."""
+    weights = read_weights(args.init)
+    for k, v in weights["args"].items():
+        if k in typed and getattr(args, k) != v:
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{flag} {getattr(args, k)} differs from {args.init}'s {v}: drop it")
+        setattr(args, k, v)
+    return args, dict(weights, init=args.init)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -1067,14 +1148,14 @@ def log_line(rec):
 # --- command line: the shared flags, the same in every model file, then this model's own --------
 
 
-def positive(kind):  # an argparse type: an int or a finite float above 0
+def positive(kind, off=False):  # an argparse type: an int or a finite float above 0 (or 0: off)
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            what = "an integer" if kind is int else "a number"
+            value = -1
+        if not (0 <= value if off else 0 < value) or value == math.inf:
+            what = ("0 (off) or " if off else "") + ("an integer" if kind is int else "a number")
             raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
         return value
 
@@ -1087,7 +1168,9 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):  # each default once; none f
         return action.help if said else super()._get_help_string(action)
 
 
-def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+def shared_flags(
+    about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None, ema_rampup=0.05
+):
     """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
     p = argparse.ArgumentParser(description=about, formatter_class=Help)
     add, pos_int, pos = p.add_argument, positive(int), positive(float)
@@ -1102,12 +1185,25 @@ def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncati
     add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
     add("--lr-g", type=pos, default=lr_g, help="G learning rate")
     add("--lr-d", type=pos, default=lr_d, help="D learning rate")
-    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    off = positive(float, off=True)
+    add("--ema-kimg", type=off, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add(
+        "--ema-rampup",
+        type=off,
+        default=ema_rampup,
+        help="G_ema half-life at most this fraction of the images seen (0: no ramp-up)",
+    )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
     add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
+    add(
+        "--init",
+        metavar="FILE",
+        help="a new run from these weights: a ckpt.pt or a reference implementation's file (README:"
+        " Start from a trained model); sizes from FILE, step 0, new optimizers",
+    )
     add("--log-every", type=pos_int, default=50, help="steps between log lines")
     add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
     add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")
@@ -1139,6 +1235,7 @@ def get_args(argv=None):
         lr_g=5e-5,
         lr_d=2e-4,
         ema_kimg=444.0,
+        ema_rampup=0.0,  # the author's code: G_ema = G until --ema-start, no ramp-up
         truncation="redraw z entries beyond |T| (a bound on z: the truncation trick, sec. 3.1)",
     )
     add, pos_int = p.add_argument, positive(int)

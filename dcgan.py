@@ -126,6 +126,13 @@ def ema_beta(batch, ema_kimg):
     return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
 
 
+def ema_half_life(step, args):
+    """--ema-kimg, ramped up: at most --ema-rampup of the thousands of images seen by `step`
+    (StyleGAN2-ADA's ramp), so early G_ema follows G closely; --ema-rampup 0: no ramp-up."""
+    seen = step * args.batch / 1000
+    return min(args.ema_kimg, seen * args.ema_rampup) if args.ema_rampup else args.ema_kimg
+
+
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
     """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (BN statistics) are copied."""
@@ -179,8 +186,7 @@ def train(args):
         scaler_G.step(opt_G)
         scaler_G.update()
 
-        ema_kimg = min(args.ema_kimg, 0.05 * step * args.batch / 1000)  # ramp-up: StyleGAN2-ADA
-        update_ema(G_ema, G, ema_beta(args.batch, ema_kimg))
+        update_ema(G_ema, G, ema_beta(args.batch, ema_half_life(step, args)))
         run.log(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean())
     return G_ema
 
@@ -196,9 +202,19 @@ def sample_z(n, z_dim, gen, truncation=None):
     return z
 
 
+ARCH = ("res", "z_dim", "g_ch", "d_ch")  # the arguments that shape G and D
+
+
+def read_weights(path, device="cpu"):
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
+    load_generator and --init read."""
+    ckpt = load_checkpoint(path, device)
+    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+
+
 def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
-    a = (ckpt := load_checkpoint(path, device))["args"]
+    a = (ckpt := read_weights(path, device))["args"]
     G = Generator(a["res"], a["z_dim"], a["g_ch"]).to(device)
     G.load_state_dict(ckpt["G_ema"])
     return G.eval().requires_grad_(False)
@@ -272,6 +288,8 @@ class Run:
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
         ckpt, self.ckpt = self.ckpt or {}, None  # loaded here, not kept for the whole run
+        if "init" in ckpt:
+            ckpt = self.start_from(ckpt)
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
@@ -290,6 +308,26 @@ class Run:
         for m in state.values():
             if isinstance(m, nn.Module):
                 m.to(memory_format=self.layout)
+
+    def start_from(self, weights):
+        """--init: G, D and G_ema from the file (G_ema as its G where it has none, D as initialised
+        where it has no D). Nothing else: the run starts at step 0. -> {} (nothing to resume)"""
+        path, nets = weights["init"], dict(G=weights.get("G"), D=weights.get("D"))
+        nets["G"] = nets["G"] if nets["G"] is not None else weights.get("G_ema")
+        nets["G_ema"] = weights["G_ema"] if weights.get("G_ema") is not None else nets["G"]
+        theirs, ours = weights.get("classes"), self.state.get("classes")
+        if theirs is not None and ours is not None:  # a CSV's attributes: {name: count}
+            if (theirs := class_sizes(theirs)) != (ours := class_sizes(ours)):
+                raise UserError(f"{path} has {theirs} classes, this data {ours}")
+        for k, sd in nets.items():
+            try:
+                sd is None or self.state[k].load_state_dict(sd)
+            except RuntimeError as e:  # a shape that differs: the first line that says which
+                why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e))
+                raise UserError(f"--init {path}: its {k} does not fit this run ({why})") from None
+        kept = ", ".join(k for k, sd in nets.items() if sd is not None)
+        self.say(f"starting from {path}: {kept}" + ("" if nets["D"] else "; D as initialised"))
+        return {}
 
     def wrap(self, *models, ddp=True):  # the modules as the step calls them
         models = [DDP(m) if ddp and self.world > 1 else m for m in models]
@@ -460,8 +498,10 @@ def start_or_resume(args):
     typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
     if os.path.exists(path) and not args.resume:
         raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run and --resume continues one: choose one")
     if not args.resume:
-        return args, None
+        return (args, None) if args.init is None else init_from(args, typed)
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
@@ -474,6 +514,22 @@ def start_or_resume(args):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
     return argparse.Namespace(**(vars(args) | kept)), ckpt
+
+
+def class_sizes(classes):  # a class count, or {attribute: count} for several attributes
+    return {k: len(v) for k, v in classes.items()} if isinstance(classes, dict) else len(classes)
+
+
+def init_from(args, typed):
+    """--init FILE: the networks' sizes from FILE (one typed otherwise is refused) and their
+    weights, which Run.track loads; steps, optimizers and data start anew."""
+    weights = read_weights(args.init)
+    for k, v in weights["args"].items():
+        if k in typed and getattr(args, k) != v:
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{flag} {getattr(args, k)} differs from {args.init}'s {v}: drop it")
+        setattr(args, k, v)
+    return args, dict(weights, init=args.init)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -534,14 +590,14 @@ def log_line(rec):
 # --- command line: the shared flags, the same in every model file, then this model's own --------
 
 
-def positive(kind):  # an argparse type: an int or a finite float above 0
+def positive(kind, off=False):  # an argparse type: an int or a finite float above 0 (or 0: off)
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            what = "an integer" if kind is int else "a number"
+            value = -1
+        if not (0 <= value if off else 0 < value) or value == math.inf:
+            what = ("0 (off) or " if off else "") + ("an integer" if kind is int else "a number")
             raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
         return value
 
@@ -554,7 +610,9 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):  # each default once; none f
         return action.help if said else super()._get_help_string(action)
 
 
-def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+def shared_flags(
+    about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None, ema_rampup=0.05
+):
     """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
     p = argparse.ArgumentParser(description=about, formatter_class=Help)
     add, pos_int, pos = p.add_argument, positive(int), positive(float)
@@ -569,12 +627,25 @@ def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncati
     add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
     add("--lr-g", type=pos, default=lr_g, help="G learning rate")
     add("--lr-d", type=pos, default=lr_d, help="D learning rate")
-    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    off = positive(float, off=True)
+    add("--ema-kimg", type=off, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add(
+        "--ema-rampup",
+        type=off,
+        default=ema_rampup,
+        help="G_ema half-life at most this fraction of the images seen (0: no ramp-up)",
+    )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
     add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
+    add(
+        "--init",
+        metavar="FILE",
+        help="a new run from these weights: a ckpt.pt or a reference implementation's file (README:"
+        " Start from a trained model); sizes from FILE, step 0, new optimizers",
+    )
     add("--log-every", type=pos_int, default=50, help="steps between log lines")
     add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
     add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")

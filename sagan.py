@@ -29,12 +29,16 @@ Not from the paper: what changes results
   keys and values are 2x2 max-pooled).
 - D scores real and fake images in one forward, so both see the same sigma (each training
   forward moves u).
+- G's step draws a fresh z, as the official code does (brain-research/self-attention-gan: z is
+  a random op, utils_ori.py:46, drawn again by the G step's session run,
+  train_imagenet.py:132-136) and heykeetae/Self-Attention-GAN (trainer.py:154).
 - Samples come from G_ema, a moving average of G's weights (half-life --ema-kimg, ramped up over
   the first 20x as many images, as StyleGAN2-ADA does).
 Not from the paper: engineering
 - Attention runs in F.scaled_dot_product_attention(scale=1) (eq. 1 has no 1/sqrt(d)): on a GPU
   a flash / memory-efficient kernel, so the (B, N, N) attention matrix is never stored.
-- The power iteration runs in fp32 under autocast (a bf16 sigma is off by ~1%).
+- The power iteration runs in fp32 under autocast (a bf16 sigma is off by ~1%); checkpoints
+  that hold u and v under their older names (`...sn.u`, `...sn.v`) still load (SpectralNorm).
 - Each block's gamma is logged (gamma_G, gamma_D), to show that attention is being used.
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
 
@@ -82,54 +86,53 @@ def check_res(res, attn_res=None):
         raise UserError(f"--attn-res {attn_res}: not a hidden feature-map size, one of {sizes}")
 
 
-class SpectralNorm(nn.Module):
-    """W (rows, cols) -> W / sigma(W), sigma the largest singular value estimated by power
-    iteration (Miyato et al. 2018, Alg. 1). One iteration per training forward: W changes little
-    per step, so u and v, kept as buffers, stay close to the top singular vectors."""
+class SpectralNorm:
+    """Mixin for a layer with .weight: use W / sigma(W), sigma the largest singular value
+    estimated by power iteration (Miyato et al. 2018, Alg. 1). The matrix has the output channels
+    as rows: (out, in*kh*kw), for Conv2d and ConvTranspose2d alike (as torch's spectral_norm).
+    One iteration per training forward: W changes little per step, so u and v, kept as buffers
+    (in the checkpoint), stay close to the top singular vectors."""
 
-    def __init__(self, rows, cols):
-        super().__init__()
+    out_dim = 0  # the weight's output-channel dimension (ConvTranspose2d: 1)
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)  # the layer's own __init__, next in the MRO
+        rows = self.weight.shape[self.out_dim]
         self.register_buffer("u", F.normalize(torch.randn(rows), dim=0))
-        self.register_buffer("v", F.normalize(torch.randn(cols), dim=0))
+        self.register_buffer("v", F.normalize(torch.randn(self.weight.numel() // rows), dim=0))
 
-    def forward(self, W):
+    def sn_weight(self):  # W / sigma(W), in fp32 and in the weight's own shape
+        W = self.weight.transpose(0, self.out_dim)  # (out, in, kh, kw)
         with torch.autocast(W.device.type, enabled=False):  # a bf16 sigma would be off by ~1%
-            W = W.float()
-            if self.training:
+            M = W.flatten(1).float()  # (out, in*kh*kw)
+            if self.training:  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
                 with torch.no_grad():
-                    self.v.copy_(F.normalize(torch.mv(W.t(), self.u), dim=0))
-                    self.u.copy_(F.normalize(torch.mv(W, self.v), dim=0))
-            # u and v are constants here, so the gradient reaches W through sigma = u^T W v too.
-            # Copies: the next training forward (D on real, then fake, before one backward)
-            # overwrites the buffers in place, which would invalidate this graph
-            sigma = torch.dot(self.u.clone(), torch.mv(W, self.v.clone()))
-            return W / sigma
+                    self.v.copy_(F.normalize(torch.mv(M.t(), self.u), dim=0))
+                    self.u.copy_(F.normalize(torch.mv(M, self.v), dim=0))
+            # sigma(W) = u^T W v, u and v constants: the gradient reaches W through sigma too.
+            # Copies: a second training forward before backward rewrites the buffers in place,
+            # which would invalidate this graph
+            sigma = torch.dot(self.u.clone(), torch.mv(M, self.v.clone()))
+            return (M / sigma).view_as(W).transpose(0, self.out_dim)
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # older checkpoints hold u and v in a submodule `sn` (`...sn.u`): load them as `...u`
+        for name in ("u", "v"):
+            if prefix + "sn." + name in state_dict:
+                state_dict[prefix + name] = state_dict.pop(prefix + "sn." + name)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
 
-class SNConv2d(nn.Conv2d):
-    """Conv2d with a spectrally normalised weight, seen as a (out, in * kh * kw) matrix."""
+class SNConv2d(SpectralNorm, nn.Conv2d):
+    def forward(self, x):
+        return self._conv_forward(x, self.sn_weight(), self.bias)
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sn = SpectralNorm(self.weight.shape[0], self.weight[0].numel())
+
+class SNConvTranspose2d(SpectralNorm, nn.ConvTranspose2d):
+    out_dim = 1  # the weight is (in, out, kh, kw)
 
     def forward(self, x):
-        W = self.sn(self.weight.flatten(1)).view_as(self.weight)
-        return self._conv_forward(x, W, self.bias)
-
-
-class SNConvTranspose2d(nn.ConvTranspose2d):
-    """ConvTranspose2d with a spectrally normalised weight. Its weight is (in, out, kh, kw); the
-    matrix is (out, in * kh * kw), output channels as rows as for Conv2d (and torch's
-    spectral_norm)."""
-
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.sn = SpectralNorm(self.weight.shape[1], self.weight[:, 0].numel())
-
-    def forward(self, x):
-        W = self.weight.transpose(0, 1)
-        W = self.sn(W.flatten(1)).view_as(W).transpose(0, 1)
+        W = self.sn_weight()  # (in, out, kh, kw)
         return F.conv_transpose2d(x, W, self.bias, self.stride, self.padding, self.output_padding)
 
 
@@ -151,16 +154,6 @@ class SelfAttention(nn.Module):
     def qkv(self, x):  # (B, C, H, W) -> 3 x (B, 1, N, C/8): one head, positions as the sequence
         convs = (self.query, self.key, self.value)
         return [m(x).flatten(2).transpose(1, 2)[:, None] for m in convs]
-
-    def attention_map(self, x):
-        """beta (B, N, N) of eq. 1: row j is how much output position j takes from each position
-        i. Logits and softmax in fp32 under any autocast, as scaled_dot_product_attention
-        computes them inside forward (and the SAGAN code, fp32 throughout): eq. 1 has no
-        1/sqrt(d), so the logits are large and the softmax exponentiates a bf16 logit's rounding
-        error."""
-        q, k, _ = self.qkv(x)
-        with torch.autocast(x.device.type, enabled=False):
-            return torch.softmax(q[:, 0].float() @ k[:, 0].float().transpose(1, 2), dim=-1)
 
     def forward(self, x):
         B, C, H, W = x.shape
@@ -262,6 +255,13 @@ def ema_beta(batch, ema_kimg):
     return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
 
 
+def ema_half_life(step, args):
+    """--ema-kimg, ramped up: at most --ema-rampup of the thousands of images seen by `step`
+    (StyleGAN2-ADA's ramp), so early G_ema follows G closely; --ema-rampup 0: no ramp-up."""
+    seen = step * args.batch / 1000
+    return min(args.ema_kimg, seen * args.ema_rampup) if args.ema_rampup else args.ema_kimg
+
+
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
     """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (BN statistics) are copied."""
@@ -312,10 +312,7 @@ def train(args):
         scaler_D.step(opt_D)
         scaler_D.update()
 
-        # (2) update G: minimise -E[D(G(z))]  (sec. 3, eq. 4), on a fresh z as in the official
-        # code (brain-research/self-attention-gan: z is a random op, utils_ori.py:46, sampled
-        # again by the G step's own session run, train_imagenet.py:132-136) and in
-        # heykeetae/Self-Attention-GAN (trainer.py:154)
+        # (2) update G: minimise -E[D(G(z))]  (sec. 3, eq. 4), on a fresh z
         z = sample_z(B, args.z_dim, None, device=device)
         with run.autocast:
             loss_G = loss_g(D_train(G_train(z)).float())
@@ -324,8 +321,7 @@ def train(args):
         scaler_G.step(opt_G)
         scaler_G.update()
 
-        ema_kimg = min(args.ema_kimg, 0.05 * step * args.batch / 1000)  # ramp-up: StyleGAN2-ADA
-        update_ema(G_ema, G, ema_beta(args.batch, ema_kimg))
+        update_ema(G_ema, G, ema_beta(args.batch, ema_half_life(step, args)))
         # gamma_G, gamma_D: averaged over the log interval like the losses
         run.log(
             loss_D=loss_D,
@@ -350,9 +346,19 @@ def sample_z(n, z_dim, gen, truncation=None, device="cpu"):
     return nn.init.trunc_normal_(z, 0.0, Z_STD, -bound, bound, generator=gen)
 
 
+ARCH = ("res", "z_dim", "g_ch", "d_ch", "attn_res", "upsample")  # the arguments that shape G and D
+
+
+def read_weights(path, device="cpu"):
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
+    load_generator and --init read."""
+    ckpt = load_checkpoint(path, device)
+    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+
+
 def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
-    a = (ckpt := load_checkpoint(path, device))["args"]
+    a = (ckpt := read_weights(path, device))["args"]
     G = Generator(a["res"], a["z_dim"], a["g_ch"], a["attn_res"], a["upsample"]).to(device)
     G.load_state_dict(ckpt["G_ema"])
     return G.eval().requires_grad_(False)
@@ -426,6 +432,8 @@ class Run:
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
         ckpt, self.ckpt = self.ckpt or {}, None  # loaded here, not kept for the whole run
+        if "init" in ckpt:
+            ckpt = self.start_from(ckpt)
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
@@ -444,6 +452,26 @@ class Run:
         for m in state.values():
             if isinstance(m, nn.Module):
                 m.to(memory_format=self.layout)
+
+    def start_from(self, weights):
+        """--init: G, D and G_ema from the file (G_ema as its G where it has none, D as initialised
+        where it has no D). Nothing else: the run starts at step 0. -> {} (nothing to resume)"""
+        path, nets = weights["init"], dict(G=weights.get("G"), D=weights.get("D"))
+        nets["G"] = nets["G"] if nets["G"] is not None else weights.get("G_ema")
+        nets["G_ema"] = weights["G_ema"] if weights.get("G_ema") is not None else nets["G"]
+        theirs, ours = weights.get("classes"), self.state.get("classes")
+        if theirs is not None and ours is not None:  # a CSV's attributes: {name: count}
+            if (theirs := class_sizes(theirs)) != (ours := class_sizes(ours)):
+                raise UserError(f"{path} has {theirs} classes, this data {ours}")
+        for k, sd in nets.items():
+            try:
+                sd is None or self.state[k].load_state_dict(sd)
+            except RuntimeError as e:  # a shape that differs: the first line that says which
+                why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e))
+                raise UserError(f"--init {path}: its {k} does not fit this run ({why})") from None
+        kept = ", ".join(k for k, sd in nets.items() if sd is not None)
+        self.say(f"starting from {path}: {kept}" + ("" if nets["D"] else "; D as initialised"))
+        return {}
 
     def wrap(self, *models, ddp=True):  # the modules as the step calls them
         models = [DDP(m) if ddp and self.world > 1 else m for m in models]
@@ -614,8 +642,10 @@ def start_or_resume(args):
     typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
     if os.path.exists(path) and not args.resume:
         raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run and --resume continues one: choose one")
     if not args.resume:
-        return args, None
+        return (args, None) if args.init is None else init_from(args, typed)
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
@@ -628,6 +658,22 @@ def start_or_resume(args):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
     return argparse.Namespace(**(vars(args) | kept)), ckpt
+
+
+def class_sizes(classes):  # a class count, or {attribute: count} for several attributes
+    return {k: len(v) for k, v in classes.items()} if isinstance(classes, dict) else len(classes)
+
+
+def init_from(args, typed):
+    """--init FILE: the networks' sizes from FILE (one typed otherwise is refused) and their
+    weights, which Run.track loads; steps, optimizers and data start anew."""
+    weights = read_weights(args.init)
+    for k, v in weights["args"].items():
+        if k in typed and getattr(args, k) != v:
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{flag} {getattr(args, k)} differs from {args.init}'s {v}: drop it")
+        setattr(args, k, v)
+    return args, dict(weights, init=args.init)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -688,14 +734,14 @@ def log_line(rec):
 # --- command line: the shared flags, the same in every model file, then this model's own --------
 
 
-def positive(kind):  # an argparse type: an int or a finite float above 0
+def positive(kind, off=False):  # an argparse type: an int or a finite float above 0 (or 0: off)
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            what = "an integer" if kind is int else "a number"
+            value = -1
+        if not (0 <= value if off else 0 < value) or value == math.inf:
+            what = ("0 (off) or " if off else "") + ("an integer" if kind is int else "a number")
             raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
         return value
 
@@ -708,7 +754,9 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):  # each default once; none f
         return action.help if said else super()._get_help_string(action)
 
 
-def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+def shared_flags(
+    about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None, ema_rampup=0.05
+):
     """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
     p = argparse.ArgumentParser(description=about, formatter_class=Help)
     add, pos_int, pos = p.add_argument, positive(int), positive(float)
@@ -723,12 +771,25 @@ def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncati
     add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
     add("--lr-g", type=pos, default=lr_g, help="G learning rate")
     add("--lr-d", type=pos, default=lr_d, help="D learning rate")
-    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    off = positive(float, off=True)
+    add("--ema-kimg", type=off, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add(
+        "--ema-rampup",
+        type=off,
+        default=ema_rampup,
+        help="G_ema half-life at most this fraction of the images seen (0: no ramp-up)",
+    )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
     add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
+    add(
+        "--init",
+        metavar="FILE",
+        help="a new run from these weights: a ckpt.pt or a reference implementation's file (README:"
+        " Start from a trained model); sizes from FILE, step 0, new optimizers",
+    )
     add("--log-every", type=pos_int, default=50, help="steps between log lines")
     add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
     add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")

@@ -3,11 +3,12 @@ Kataoka, Masanori Koyama, Yuichi Yoshida, 2018. arXiv:1802.05957. The ResNet ver
 
 Paper -> code
 - spectral normalisation: every D weight is divided by its largest singular value sigma(W),
-  so that W / sigma(W) has spectral norm 1 (sec. 2.1)                   -> sn_weight
+  so that W / sigma(W) has spectral norm 1 (sec. 2.1)                   -> SpectralNorm,
+                                                                           SNConv2d, SNLinear
 - sigma(W) from one power iteration per training forward, u kept between steps (sec. 2.2,
-  Alg. 1); the gradient flows through sigma too (sec. 2.3)              -> sn_weight
+  Alg. 1); the gradient flows through sigma too (sec. 2.3)              -> SpectralNorm.sn_weight
 - a learned scale: W_bar = gamma * W / sigma(W) (Appendix E). A layer is then gamma-Lipschitz,
-  not 1-Lipschitz: gamma gives up the paper's bound for a freer D       -> add_spectral_norm
+  not 1-Lipschitz: gamma gives up the paper's bound for a freer D       -> SpectralNorm
 - ResNet G (BatchNorm, ReLU, nearest upsampling, 3x3 convs) and D (ReLU, no normalisation
   layers, global sum pooling, linear output) (Appendix B)               -> GBlock, DBlock
 - Glorot-uniform initialisation (Appendix B)                            -> glorot
@@ -15,11 +16,17 @@ Paper -> code
 - Adam with beta1 0, beta2 0.9, as in the paper's ResNet runs (App. B)  -> train
 
 Not from the paper: what changes results
-- gamma starts at sigma(W) of the initial weight (exact, not power iteration), as in the authors'
-  Chainer code and the SNGAN-AnimeFace recipe, so D's first logits have the scale of its Glorot
-  weights (init_gamma); the paper does not say where gamma starts.
+- gamma starts at sigma(W) of the initial weight (exact, not power iteration), so D's first
+  logits have the scale of its Glorot weights (SpectralNorm.init_gamma); the paper does not say
+  where gamma starts. The authors' Chainer code starts it there with use_gamma (an SVD:
+  pfnet-research/sngan_projection, source/links/sn_convolution_2d.py:87-93, sn_linear.py:72-77),
+  as does the SNGAN-AnimeFace recipe (tqch/SNGAN-AnimeFace, spectral_norm/snconv.py:77-81,
+  sngan.py:28-34).
+- Glorot gain sqrt(2) inside residual branches, 1 elsewhere, as in the authors' Chainer code.
 - n_dis = 1 (the paper's ResNet runs: 5 D steps per G step) with TTUR (Heusel et al. 2017): D's
-  lr 4e-4 is 4x G's 1e-4 to keep D ahead, the trade SAGAN made.
+  lr 4e-4 is 4x G's 1e-4 to keep D ahead, the trade SAGAN made. G's step draws a fresh z of the
+  batch size, as the authors' code (pfnet-research/sngan_projection, updater.py:80-86) and the
+  recipe (tqch/SNGAN-AnimeFace, train.py:231-236) do.
 - D downsamples with stride-2 convs (4x4 in the residual branch, 2x2 on the shortcut) instead of
   conv then average pooling; G's last layer (before tanh) is a 1x1 conv to RGB.
 - z ~ N(0, I) of size 128 (the paper's). Widths: G halves its channels at each doubling from
@@ -27,9 +34,10 @@ Not from the paper: what changes results
 - Samples come from G_ema, a moving average of G's weights (half-life --ema-kimg, ramped up over
   the first 20x as many images, as StyleGAN2-ADA does).
 Not from the paper: engineering
-- sigma is always computed in fp32, also under bf16 autocast (sn_weight).
+- sigma is always computed in fp32, also under bf16 autocast (SpectralNorm.sn_weight).
 - Sampling GIFs: --walk (a random walk in z), --interp (slerp through fixed latents),
-  --truncation-sweep (latent std 0.3 -> 3, cubically spaced).
+  --truncation-sweep (a GIF, T from 2 to 0.1 and back: the truncation trick of BigGAN, Brock
+  et al. 2018, sec. 3.1)                                                -> truncation_frames
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
 
 Usage
@@ -38,7 +46,8 @@ Usage
     python sngan.py --res 32 --steps 200 --batch 32 --g-ch 16 --d-ch 16   # CPU smoke run
     python sngan.py --data ./faces --resume --steps 60000   # continue out/sngan-faces
     torchrun --nproc_per_node=4 sngan.py --data ./faces
-    python sngan.py --sample out/sngan-faces/ckpt.pt --n 64 [--walk | --interp | --truncation-sweep]
+    python sngan.py --sample out/sngan-faces/ckpt.pt --n 64 [--walk | --interp]
+    python sngan.py --sample out/sngan-faces/ckpt.pt --n 36 --truncation-sweep   # T 2 to 0.1
 """
 
 import argparse
@@ -72,71 +81,62 @@ def check_res(res):
         raise UserError(f"{MODEL} builds power-of-two resolutions from 32 up; got --res {res}")
 
 
-def sn_weight(layer):
-    """gamma * W / sigma(W) for a layer with .weight, .gamma and the buffer .u (sec. 2.2, Alg. 1).
+class SpectralNorm:
+    """Mixin for a layer with .weight: use gamma * W / sigma(W) (sec. 2.1, Appendix E), sigma from
+    one power iteration per training forward (sec. 2.2, Alg. 1). A conv weight (out, in, kh, kw)
+    is the matrix (out, in*kh*kw), as in the paper. u, a random unit vector, is a buffer and gamma
+    a parameter: both are in the checkpoint, so --resume and DDP keep them as trained."""
 
-    A conv weight (out, in, kh, kw) is treated as the matrix (out, in*kh*kw), as in the paper. In
-    training mode one power iteration refines u in place; in eval mode u is only read, so the same
-    (W, u) give the same sigma in both modes. u and v are constants for autograd: d sigma / dW is
-    then u v^T (sec. 2.3), and W's gradient gains the term that makes W / sigma scale-free."""
-    W = layer.weight.reshape(layer.weight.shape[0], -1)  # (out, in*kh*kw)
-    with torch.autocast(W.device.type, enabled=False):  # bf16 keeps 8 bits: sigma in fp32
-        with torch.no_grad():
-            if layer.training:  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
-                layer.u.copy_(F.normalize(W @ F.normalize(W.t() @ layer.u, dim=0), dim=0))
-            v = F.normalize(W.t() @ layer.u, dim=0)
-        # sigma(W) = u^T W v. u is cloned: the next forward (D runs on real, then fake, before
-        # backward) and DDP's buffer broadcast overwrite u in place, which would break this graph
-        sigma = torch.dot(layer.u.clone(), W @ v)
-        return layer.weight * (layer.gamma / sigma)
-
-
-def add_spectral_norm(layer):
-    """u, a random unit vector, is a buffer; gamma (Appendix E) a parameter: both are in the
-    checkpoint, so --resume and DDP (which broadcasts rank 0's parameters) keep them as trained."""
-    layer.gamma = nn.Parameter(torch.ones(()))
-    layer.register_buffer("u", F.normalize(torch.randn(layer.weight.shape[0]), dim=0))
-    init_gamma(layer)
-
-
-@torch.no_grad()
-def init_gamma(layer):
-    """gamma <- sigma(W) of the weight as initialised, exactly (not by power iteration), as the
-    authors' Chainer code does with use_gamma (an SVD: pfnet-research/sngan_projection,
-    source/links/sn_convolution_2d.py:87-93, sn_linear.py:72-77) and the SNGAN-AnimeFace recipe
-    (tqch/SNGAN-AnimeFace, spectral_norm/snconv.py:77-81, sngan.py:28-34). W_bar = gamma W / sigma
-    then starts at W's own scale rather than at spectral norm 1, and D's first logits with it."""
-    W = layer.weight.reshape(layer.weight.shape[0], -1).double()  # (out, in*kh*kw)
-    gram = W @ W.t() if W.shape[0] <= W.shape[1] else W.t() @ W
-    # sigma(W)^2 is the largest eigenvalue of W W^T: the SVD's s[0] in fp64, 10x faster on a CPU
-    layer.gamma.copy_(torch.linalg.eigvalsh(gram)[-1].sqrt())
-
-
-class SNConv2d(nn.Conv2d):
     def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        add_spectral_norm(self)
+        super().__init__(*args, **kwargs)  # the layer's own __init__, next in the MRO
+        self.gamma = nn.Parameter(torch.ones(()))
+        self.register_buffer("u", F.normalize(torch.randn(self.weight.shape[0]), dim=0))
+        self.init_gamma()
 
+    def sn_weight(self):
+        """gamma * W / sigma(W). In eval mode u is only read, so the same (W, u) give the same
+        sigma in both modes. u and v are constants for autograd: d sigma / dW is then u v^T
+        (sec. 2.3), and W's gradient gains the term that makes W / sigma scale-free."""
+        W = self.weight.reshape(self.weight.shape[0], -1)  # (out, in*kh*kw)
+        with torch.autocast(W.device.type, enabled=False):  # bf16 keeps 8 bits: sigma in fp32
+            with torch.no_grad():
+                if self.training:  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
+                    self.u.copy_(F.normalize(W @ F.normalize(W.t() @ self.u, dim=0), dim=0))
+                v = F.normalize(W.t() @ self.u, dim=0)
+            # sigma(W) = u^T W v. u is cloned: a second training forward before backward (D on
+            # real, then on fake) and DDP's buffer broadcast overwrite u in place, which would
+            # break this graph
+            sigma = torch.dot(self.u.clone(), W @ v)
+            return self.weight * (self.gamma / sigma)
+
+    @torch.no_grad()
+    def init_gamma(self):
+        """gamma <- sigma(W) of the weight as initialised, exactly (not by power iteration):
+        W_bar = gamma W / sigma then starts at W's own scale rather than at spectral norm 1, and
+        D's first logits with it."""
+        W = self.weight.reshape(self.weight.shape[0], -1).double()  # (out, in*kh*kw)
+        gram = W @ W.t() if W.shape[0] <= W.shape[1] else W.t() @ W
+        # sigma(W)^2 is the largest eigenvalue of W W^T: the SVD's s[0] in fp64, 10x faster on a CPU
+        self.gamma.copy_(torch.linalg.eigvalsh(gram)[-1].sqrt())
+
+
+class SNConv2d(SpectralNorm, nn.Conv2d):
     def forward(self, x):
-        return self._conv_forward(x, sn_weight(self), self.bias)
+        return self._conv_forward(x, self.sn_weight(), self.bias)
 
 
-class SNLinear(nn.Linear):
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
-        add_spectral_norm(self)
-
+class SNLinear(SpectralNorm, nn.Linear):
     def forward(self, x):
-        return F.linear(x, sn_weight(self), self.bias)
+        return F.linear(x, self.sn_weight(), self.bias)
 
 
 def glorot(layer, gain=1.0):
     """Glorot-uniform weights, zero bias (Appendix B); gain sqrt(2) inside residual branches, 1
-    elsewhere, as in the authors' Chainer code. An SN layer's gamma follows its new weight."""
+    elsewhere. An SN layer's gamma follows its new weight."""
     nn.init.xavier_uniform_(layer.weight, gain)
     nn.init.zeros_(layer.bias)
-    if hasattr(layer, "gamma"):
-        init_gamma(layer)
+    if isinstance(layer, SpectralNorm):
+        layer.init_gamma()
     return layer
 
 
@@ -215,7 +215,7 @@ class Discriminator(nn.Module):
         return self.linear(h).flatten()
 
     def gammas(self):  # (n_layers,): the learned scales of Appendix E, logged
-        return torch.stack([m.gamma for m in self.modules() if isinstance(m, (SNConv2d, SNLinear))])
+        return torch.stack([m.gamma for m in self.modules() if isinstance(m, SpectralNorm)])
 
 
 # --- losses -------------------------------------------------------------------------------------
@@ -238,6 +238,13 @@ def loss_g(logits_fake):
 def ema_beta(batch, ema_kimg):
     """Per-step decay whose half-life is ema_kimg thousand images."""
     return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
+
+
+def ema_half_life(step, args):
+    """--ema-kimg, ramped up: at most --ema-rampup of the thousands of images seen by `step`
+    (StyleGAN2-ADA's ramp), so early G_ema follows G closely; --ema-rampup 0: no ramp-up."""
+    seen = step * args.batch / 1000
+    return min(args.ema_kimg, seen * args.ema_rampup) if args.ema_rampup else args.ema_kimg
 
 
 @torch.no_grad()
@@ -284,9 +291,7 @@ def train(args):
         scaler_D.step(opt_D)
         scaler_D.update()
 
-        # (2) update G: minimise -E[D(G(z))] (sec. 4) on a fresh z of the same batch size, as the
-        # authors' code (pfnet-research/sngan_projection, updater.py:80-86, a new G sample for the
-        # G step) and the recipe (tqch/SNGAN-AnimeFace, train.py:231-236) do; n_dis = 1, not 5
+        # (2) update G: minimise -E[D(G(z))] (sec. 4) on a fresh z of the same batch size
         z = torch.randn(x_real.shape[0], args.z_dim, device=device)
         with run.autocast:
             loss_G = loss_g(D_train(G_train(z)).float())
@@ -295,8 +300,7 @@ def train(args):
         scaler_G.step(opt_G)
         scaler_G.update()
 
-        ema_kimg = min(args.ema_kimg, 0.05 * step * args.batch / 1000)  # ramp-up: StyleGAN2-ADA
-        update_ema(G_ema, G, ema_beta(args.batch, ema_kimg))
+        update_ema(G_ema, G, ema_beta(args.batch, ema_half_life(step, args)))
         # gamma: the mean learned scale of D's layers (Appendix E), averaged over the log interval
         run.log(
             loss_D=loss_D,
@@ -319,9 +323,19 @@ def sample_z(n, z_dim, gen, truncation=None):
     return z
 
 
+ARCH = ("res", "z_dim", "g_ch", "d_ch")  # the arguments that shape G and D
+
+
+def read_weights(path, device="cpu"):
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
+    load_generator and --init read."""
+    ckpt = load_checkpoint(path, device)
+    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+
+
 def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
-    a = (ckpt := load_checkpoint(path, device))["args"]
+    a = (ckpt := read_weights(path, device))["args"]
     G = Generator(a["res"], a["z_dim"], a["g_ch"]).to(device)
     G.load_state_dict(ckpt["G_ema"])
     return G.eval().requires_grad_(False)
@@ -362,14 +376,11 @@ def walk_frames(G, n, seed=0, truncation=None, steps=64, step_size=0.15):
     return frames
 
 
-@torch.no_grad()
-def truncation_sweep_frames(G, n, seed=0, truncation=None, lo=0.3, hi=3.0, steps=32):
-    """Frames of the same n latents scaled to std lo..hi and back. Cubic spacing puts most frames
-    at std <= 1 (2/3 of them), where G was trained, and fewer in the tail where images break up."""
-    z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
-    stds = [lo + (hi - lo) * t**3 for t in torch.linspace(0, 1, steps).tolist()]
-    device = next(G.parameters()).device
-    frames = [make_grid(G((s * z).to(device)).float().cpu()) for s in stds]
+def truncation_frames(G, n, seed=0, y=None, t_max=2.0, t_min=0.1, steps=20):
+    """The truncation trade-off (BigGAN's sec. 3.1, fig. 2a) as frames, T from t_max down to t_min
+    and back. The same seed keeps every z entry inside |T|, so only the redrawn ones change."""
+    ts = torch.linspace(t_max, t_min, steps).tolist()
+    frames = [make_grid(generate(G, n, seed, t, y)) for t in ts]
     return frames + frames[-2:0:-1]
 
 
@@ -385,7 +396,7 @@ def sample(args):
         frames = interpolation_frames(G, n, seed, t)
         path = save_gif(frames, os.path.join(folder, f"interp_{tag}.gif"))
     elif args.truncation_sweep:
-        frames = truncation_sweep_frames(G, n, seed, t)
+        frames = truncation_frames(G, n, seed)
         path = save_gif(frames, os.path.join(folder, f"truncation_{tag}.gif"))
     else:
         path = save_grid(generate(G, n, seed, t), os.path.join(folder, f"samples_{tag}.png"))
@@ -424,6 +435,8 @@ class Run:
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
         ckpt, self.ckpt = self.ckpt or {}, None  # loaded here, not kept for the whole run
+        if "init" in ckpt:
+            ckpt = self.start_from(ckpt)
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
@@ -442,6 +455,26 @@ class Run:
         for m in state.values():
             if isinstance(m, nn.Module):
                 m.to(memory_format=self.layout)
+
+    def start_from(self, weights):
+        """--init: G, D and G_ema from the file (G_ema as its G where it has none, D as initialised
+        where it has no D). Nothing else: the run starts at step 0. -> {} (nothing to resume)"""
+        path, nets = weights["init"], dict(G=weights.get("G"), D=weights.get("D"))
+        nets["G"] = nets["G"] if nets["G"] is not None else weights.get("G_ema")
+        nets["G_ema"] = weights["G_ema"] if weights.get("G_ema") is not None else nets["G"]
+        theirs, ours = weights.get("classes"), self.state.get("classes")
+        if theirs is not None and ours is not None:  # a CSV's attributes: {name: count}
+            if (theirs := class_sizes(theirs)) != (ours := class_sizes(ours)):
+                raise UserError(f"{path} has {theirs} classes, this data {ours}")
+        for k, sd in nets.items():
+            try:
+                sd is None or self.state[k].load_state_dict(sd)
+            except RuntimeError as e:  # a shape that differs: the first line that says which
+                why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e))
+                raise UserError(f"--init {path}: its {k} does not fit this run ({why})") from None
+        kept = ", ".join(k for k, sd in nets.items() if sd is not None)
+        self.say(f"starting from {path}: {kept}" + ("" if nets["D"] else "; D as initialised"))
+        return {}
 
     def wrap(self, *models, ddp=True):  # the modules as the step calls them
         models = [DDP(m) if ddp and self.world > 1 else m for m in models]
@@ -612,8 +645,10 @@ def start_or_resume(args):
     typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
     if os.path.exists(path) and not args.resume:
         raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run and --resume continues one: choose one")
     if not args.resume:
-        return args, None
+        return (args, None) if args.init is None else init_from(args, typed)
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
@@ -626,6 +661,22 @@ def start_or_resume(args):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
     return argparse.Namespace(**(vars(args) | kept)), ckpt
+
+
+def class_sizes(classes):  # a class count, or {attribute: count} for several attributes
+    return {k: len(v) for k, v in classes.items()} if isinstance(classes, dict) else len(classes)
+
+
+def init_from(args, typed):
+    """--init FILE: the networks' sizes from FILE (one typed otherwise is refused) and their
+    weights, which Run.track loads; steps, optimizers and data start anew."""
+    weights = read_weights(args.init)
+    for k, v in weights["args"].items():
+        if k in typed and getattr(args, k) != v:
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{flag} {getattr(args, k)} differs from {args.init}'s {v}: drop it")
+        setattr(args, k, v)
+    return args, dict(weights, init=args.init)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -686,14 +737,14 @@ def log_line(rec):
 # --- command line: the shared flags, the same in every model file, then this model's own --------
 
 
-def positive(kind):  # an argparse type: an int or a finite float above 0
+def positive(kind, off=False):  # an argparse type: an int or a finite float above 0 (or 0: off)
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            what = "an integer" if kind is int else "a number"
+            value = -1
+        if not (0 <= value if off else 0 < value) or value == math.inf:
+            what = ("0 (off) or " if off else "") + ("an integer" if kind is int else "a number")
             raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
         return value
 
@@ -706,7 +757,9 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):  # each default once; none f
         return action.help if said else super()._get_help_string(action)
 
 
-def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+def shared_flags(
+    about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None, ema_rampup=0.05
+):
     """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
     p = argparse.ArgumentParser(description=about, formatter_class=Help)
     add, pos_int, pos = p.add_argument, positive(int), positive(float)
@@ -721,12 +774,25 @@ def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncati
     add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
     add("--lr-g", type=pos, default=lr_g, help="G learning rate")
     add("--lr-d", type=pos, default=lr_d, help="D learning rate")
-    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    off = positive(float, off=True)
+    add("--ema-kimg", type=off, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add(
+        "--ema-rampup",
+        type=off,
+        default=ema_rampup,
+        help="G_ema half-life at most this fraction of the images seen (0: no ramp-up)",
+    )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
     add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
+    add(
+        "--init",
+        metavar="FILE",
+        help="a new run from these weights: a ckpt.pt or a reference implementation's file (README:"
+        " Start from a trained model); sizes from FILE, step 0, new optimizers",
+    )
     add("--log-every", type=pos_int, default=50, help="steps between log lines")
     add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
     add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")
@@ -762,11 +828,7 @@ def get_args(argv=None):
     )
     add = p.add_argument
     add("--walk", action="store_true", help="sampling: a GIF of a random walk in z")
-    add(
-        "--truncation-sweep",
-        action="store_true",
-        help="sampling: a GIF of fixed latents scaled from std 0.3 to 3, cubically spaced",
-    )
+    add("--truncation-sweep", action="store_true", help="sampling: a GIF, T from 2 to 0.1 and back")
     add("--z-dim", type=positive(int), default=128, help="latent size (the paper's 128)")
     add(
         "--g-ch",

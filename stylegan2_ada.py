@@ -599,6 +599,13 @@ def ema_beta(batch, ema_kimg):
     return 0.5 ** (batch / (ema_kimg * 1000)) if ema_kimg > 0 else 0.0
 
 
+def ema_half_life(step, args):
+    """--ema-kimg, ramped up: at most --ema-rampup of the thousands of images seen by `step`
+    (StyleGAN2-ADA's ramp), so early G_ema follows G closely; --ema-rampup 0: no ramp-up."""
+    seen = step * args.batch / 1000
+    return min(args.ema_kimg, seen * args.ema_rampup) if args.ema_rampup else args.ema_kimg
+
+
 @torch.no_grad()
 def update_ema(G_ema, G, beta):
     """G_ema <- beta * G_ema + (1 - beta) * G for parameters; buffers (BN statistics) are copied."""
@@ -641,9 +648,7 @@ def train(args):
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
     classes = label_sizes(data.classes)  # labelled data: conditional
-    attrs = attributes(data.classes)
-    y_all = torch.from_numpy(data.labels).view(len(data.labels), -1)  # (N, k)
-    counts = [y_all[:, j].bincount(minlength=len(v)).tolist() for j, (_, v) in enumerate(attrs)]
+    counts = class_counts(data.classes, data.labels)
     args.z_dim = args.z_dim or args.w_dim
     # unset knobs take the official 'auto' config for one GPU at this --res and --batch
     # (stylegan2-ada-pytorch train.py:169-174): R1 gamma and the EMA half-life follow the batch,
@@ -694,17 +699,9 @@ def train(args):
     # R1 and path length below always use the eager G and D (double backward).
     G_train, D_train = run.wrap(G, D, ddp=False)
     r1_last, pl_last = torch.zeros((), device=device), torch.zeros((), device=device)
-    about, gen = f"{len(data.labels)} images", torch.Generator().manual_seed(args.seed)
-    cols = 0
-    if len(attrs) > 1:  # a table: the first attribute down, the second across, one z per row
-        y_fixed, cols, grid_about = attribute_grid(data.classes, counts)
-        z_fixed = torch.randn(len(attrs[0][1]), args.z_dim, generator=gen)
-        z_fixed, about = z_fixed.repeat_interleave(cols, 0), f"{about}, {grid_about}"
-    else:
-        z_fixed = torch.randn(64, args.z_dim, generator=gen)
-        y_fixed = torch.arange(64) % classes if classes else None
-        about += f", {classes} classes (conditional)" if classes else ""
-    z_fixed, y_fixed = z_fixed.to(device), None if y_fixed is None else y_fixed.to(device)
+    z_fixed, y_fixed, cols, about = fixed_latents(data.classes, counts, args.z_dim, args.seed)
+    z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device) if classes else None
+    about = f"{len(data.labels)} images, {about}" + (" (conditional)" if classes else "")
 
     def aug(x):  # ADA: every image D sees, real or fake, in D, G and R1 steps (ADA sec. 2.3)
         return augment(x, ada_p) if args.aug != "none" else x
@@ -772,8 +769,7 @@ def train(args):
             pl_last = penalty.detach().mean()
         D.requires_grad_(True)
 
-        ema_kimg = min(args.ema_kimg, step * args.batch / 1000 * args.ema_rampup)  # ramp-up
-        update_ema(G_ema, G, ema_beta(args.batch, ema_kimg))
+        update_ema(G_ema, G, ema_beta(args.batch, ema_half_life(step, args)))
 
         # (5) ADA: every 4 steps, p += sign(r_t - target) * images / (ada_kimg * 1000), r_t the
         # mean sign of D's real logits since the last update, over all processes (ADA sec. 3)
@@ -880,10 +876,65 @@ def attribute_grid(classes, counts):
     return y, cols, about
 
 
+def fixed_latents(classes, counts, z_dim, seed):
+    """The training grid's z, labels, columns (None: 8 a row) and header. One attribute: a row per
+    class, the same 8 z in every row, so that rows differ only by their label (one class: 64
+    distinct z). Several: the first attribute's values down, the second's across, one z per row
+    (attribute_grid)."""
+    gen, attrs = torch.Generator().manual_seed(seed), attributes(classes)
+    if len(attrs) > 1:
+        y, cols, about = attribute_grid(classes, counts)
+        return (
+            torch.randn(len(attrs[0][1]), z_dim, generator=gen).repeat_interleave(cols, 0),
+            y,
+            cols,
+            about,
+        )
+    values = attrs[0][1]
+    if len(values) == 1:
+        return (
+            torch.randn(64, z_dim, generator=gen),
+            torch.zeros(64, dtype=torch.long),
+            None,
+            "one class",
+        )
+    z = torch.randn(8, z_dim, generator=gen).repeat(len(values), 1)  # (8 * classes, z_dim)
+    y = torch.arange(len(values)).repeat_interleave(8)
+    return z, y, None, f"{len(values)} classes, grid rows top to bottom: {', '.join(values)}"
+
+
+def class_counts(classes, labels):
+    """The training images per value of each attribute, [[count per value] per attribute]: the
+    frequencies draw_labels samples from and attribute_grid holds the other attributes at."""
+    y = torch.as_tensor(labels).reshape(len(labels), -1)  # (N, k)
+    return [
+        torch.bincount(col, minlength=len(v)).tolist()
+        for col, (_, v) in zip(y.T, attributes(classes))
+    ]
+
+
+ARCH = (
+    "res",
+    "z_dim",
+    "w_dim",
+    "cbase",
+    "cmax",
+    "map_layers",
+    "mbstd_group",
+)  # the arguments that shape G and D
+
+
+def read_weights(path, device="cpu"):
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes", "class_counts"}: what
+    load_generator and --init read."""
+    ckpt = load_checkpoint(path, device)
+    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+
+
 def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .c_dim, .classes and .class_counts (the
     training images per attribute value) for generate()."""
-    ckpt = load_checkpoint(path, device)
+    ckpt = read_weights(path, device)
     a = ckpt["args"]
     G = Generator(
         a["res"],
@@ -1059,6 +1110,8 @@ class Run:
         and values that must match on resume (class names, given first). --resume loads them."""
         self.state = dict(state, scaler_G=self.scaler_G, scaler_D=self.scaler_D)
         ckpt, self.ckpt = self.ckpt or {}, None  # loaded here, not kept for the whole run
+        if "init" in ckpt:
+            ckpt = self.start_from(ckpt)
         for k, v in self.state.items() if ckpt else ():
             if hasattr(v, "load_state_dict"):
                 v.load_state_dict(ckpt[k])
@@ -1077,6 +1130,26 @@ class Run:
         for m in state.values():
             if isinstance(m, nn.Module):
                 m.to(memory_format=self.layout)
+
+    def start_from(self, weights):
+        """--init: G, D and G_ema from the file (G_ema as its G where it has none, D as initialised
+        where it has no D). Nothing else: the run starts at step 0. -> {} (nothing to resume)"""
+        path, nets = weights["init"], dict(G=weights.get("G"), D=weights.get("D"))
+        nets["G"] = nets["G"] if nets["G"] is not None else weights.get("G_ema")
+        nets["G_ema"] = weights["G_ema"] if weights.get("G_ema") is not None else nets["G"]
+        theirs, ours = weights.get("classes"), self.state.get("classes")
+        if theirs is not None and ours is not None:  # a CSV's attributes: {name: count}
+            if (theirs := class_sizes(theirs)) != (ours := class_sizes(ours)):
+                raise UserError(f"{path} has {theirs} classes, this data {ours}")
+        for k, sd in nets.items():
+            try:
+                sd is None or self.state[k].load_state_dict(sd)
+            except RuntimeError as e:  # a shape that differs: the first line that says which
+                why = next((s.strip() for s in str(e).splitlines()[1:] if s.strip()), str(e))
+                raise UserError(f"--init {path}: its {k} does not fit this run ({why})") from None
+        kept = ", ".join(k for k, sd in nets.items() if sd is not None)
+        self.say(f"starting from {path}: {kept}" + ("" if nets["D"] else "; D as initialised"))
+        return {}
 
     def wrap(self, *models, ddp=True):  # the modules as the step calls them
         models = [DDP(m) if ddp and self.world > 1 else m for m in models]
@@ -1247,8 +1320,10 @@ def start_or_resume(args):
     typed, path = set(vars(args).pop("typed", ())) - {"out", "resume"}, f"{args.out}/ckpt.pt"
     if os.path.exists(path) and not args.resume:
         raise UserError(f"{path} exists: pass --resume to continue it or choose another --out")
+    if args.init and args.resume:
+        raise UserError("--init starts a new run and --resume continues one: choose one")
     if not args.resume:
-        return args, None
+        return (args, None) if args.init is None else init_from(args, typed)
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
@@ -1261,6 +1336,22 @@ def start_or_resume(args):
     if int(os.environ.get("RANK", 0)) == 0:
         print(f"resume: from the command line: {given}; from the checkpoint: {kept_text}")
     return argparse.Namespace(**(vars(args) | kept)), ckpt
+
+
+def class_sizes(classes):  # a class count, or {attribute: count} for several attributes
+    return {k: len(v) for k, v in classes.items()} if isinstance(classes, dict) else len(classes)
+
+
+def init_from(args, typed):
+    """--init FILE: the networks' sizes from FILE (one typed otherwise is refused) and their
+    weights, which Run.track loads; steps, optimizers and data start anew."""
+    weights = read_weights(args.init)
+    for k, v in weights["args"].items():
+        if k in typed and getattr(args, k) != v:
+            flag = "--" + k.replace("_", "-")
+            raise UserError(f"{flag} {getattr(args, k)} differs from {args.init}'s {v}: drop it")
+        setattr(args, k, v)
+    return args, dict(weights, init=args.init)
 
 
 def load_checkpoint(path, device="cpu"):
@@ -1321,14 +1412,14 @@ def log_line(rec):
 # --- command line: the shared flags, the same in every model file, then this model's own --------
 
 
-def positive(kind):  # an argparse type: an int or a finite float above 0
+def positive(kind, off=False):  # an argparse type: an int or a finite float above 0 (or 0: off)
     def parse(text):
         try:
             value = kind(text)
         except ValueError:
-            value = 0
-        if not 0 < value < math.inf:
-            what = "an integer" if kind is int else "a number"
+            value = -1
+        if not (0 <= value if off else 0 < value) or value == math.inf:
+            what = ("0 (off) or " if off else "") + ("an integer" if kind is int else "a number")
             raise argparse.ArgumentTypeError(f"must be {what} above 0, got {text!r}")
         return value
 
@@ -1341,7 +1432,9 @@ class Help(argparse.ArgumentDefaultsHelpFormatter):  # each default once; none f
         return action.help if said else super()._get_help_string(action)
 
 
-def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None):
+def shared_flags(
+    about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncation_type=None, ema_rampup=0.05
+):
     """The flags every model file has, with this model's defaults (its recommended 64x64 run)."""
     p = argparse.ArgumentParser(description=about, formatter_class=Help)
     add, pos_int, pos = p.add_argument, positive(int), positive(float)
@@ -1356,12 +1449,25 @@ def shared_flags(about, steps, batch, lr_g, lr_d, ema_kimg, truncation, truncati
     add("--batch", type=pos_int, default=batch, help="global batch, split over processes")
     add("--lr-g", type=pos, default=lr_g, help="G learning rate")
     add("--lr-d", type=pos, default=lr_d, help="D learning rate")
-    add("--ema-kimg", type=float, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    off = positive(float, off=True)
+    add("--ema-kimg", type=off, default=ema_kimg, help="G_ema half-life in kimg (0: no EMA)")
+    add(
+        "--ema-rampup",
+        type=off,
+        default=ema_rampup,
+        help="G_ema half-life at most this fraction of the images seen (0: no ramp-up)",
+    )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
     add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
+    add(
+        "--init",
+        metavar="FILE",
+        help="a new run from these weights: a ckpt.pt or a reference implementation's file (README:"
+        " Start from a trained model); sizes from FILE, step 0, new optimizers",
+    )
     add("--log-every", type=pos_int, default=50, help="steps between log lines")
     add("--sample-every", type=pos_int, default=200, help="steps between sample grids")
     add("--ckpt-every", type=pos_int, default=1000, help="steps between checkpoints")
@@ -1459,12 +1565,6 @@ def get_args(argv=None):
         type=positive(float),
         default=500,
         help="ADA speed: thousands of images for p to go 0 -> 1",
-    )
-    add(
-        "--ema-rampup",
-        type=float,
-        default=0.05,
-        help="EMA half-life at most this fraction of images seen",
     )
     return parse_args(p, argv)
 
