@@ -36,6 +36,10 @@ Not from the paper: what changes results (each a flag)
   does not name from its training frequencies                 -> attribute_grid, draw_labels
 - Samples come from G_ema, a moving average of G's weights (half-life --ema-kimg, ramped up over
   the first 20x as many images, as StyleGAN2-ADA does).
+Other projects' checkpoints: none is read (--init takes this file's own). No common
+  conditional-GAN code builds these networks (DCGAN layers, z joined to a label embedding, a
+  projection D with BatchNorm); eriklindernoren/PyTorch-GAN's cgan is an MLP,
+  pfnet-research/sngan_projection (Chainer) a ResNet.
 Not from the paper: engineering
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
   The extra-G-step decision uses loss_G averaged over DDP ranks, so all ranks take one branch.
@@ -458,8 +462,8 @@ ARCH = ("res", "z_dim", "g_ch", "d_ch", "embed_dim", "slope")  # the arguments t
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes", "class_counts"}: what
-    load_generator and --init read."""
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes",
+    "class_counts"}: what load_generator and --init read."""
     ckpt = load_checkpoint(path, device)
     return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
 

@@ -24,6 +24,8 @@ Usage
     python dcgan.py --data ./faces --resume --steps 60000   # continue out/dcgan-faces
     torchrun --nproc_per_node=4 dcgan.py --data ./faces
     python dcgan.py --sample out/dcgan-faces/ckpt.pt --n 64 [--interp]
+    python dcgan.py --sample netG_epoch_24.pth        # pytorch/examples' DCGAN files: the same
+    python dcgan.py --data ./faces --init netG_epoch_24.pth     # networks (read_examples_dcgan)
 """
 
 import argparse
@@ -33,6 +35,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -206,17 +209,73 @@ ARCH = ("res", "z_dim", "g_ch", "d_ch")  # the arguments that shape G and D
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
-    load_generator and --init read."""
-    ckpt = load_checkpoint(path, device)
-    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+    """A checkpoint of this file, or a pytorch/examples dcgan/main.py file (netG_epoch_N.pth or
+    netD_epoch_N.pth, its pair read from the same folder), as {"args": the sizes (ARCH), "G", "D",
+    "G_ema"}: what load_generator and --init read. Torch files only, weights_only=True."""
+    device = check_device(device)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        found = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if isinstance(found, dict) and "model" in found:
+        ckpt = load_checkpoint(path, device)
+        return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+    return read_examples_dcgan(path, found, device)
+
+
+def read_examples_dcgan(path, sd, device):
+    """pytorch/examples' DCGAN (dcgan/main.py): an nn.Sequential `main` with our `net`'s layer
+    indices, in netG_epoch_N.pth and netD_epoch_N.pth; the other of the pair is read from the same
+    folder when it is there. Its D ends in a sigmoid where ours gives the logit: the same weights.
+    It keeps no G_ema. Sizes from the shapes: res from the number of convolutions, z_dim and g_ch
+    from G's first and last, d_ch from D's first (a D alone: z_dim 100, main.py's --nz)."""
+    pair = re.sub(r"net([GD])(_epoch_\d+\.pth)$", lambda m: f"net{'DG'[m[1] == 'D']}{m[2]}", path)
+    files = [(path, sd)] + [(pair, None)] * (pair != path and os.path.isfile(pair))
+    nets, a = {}, {}
+    for p, sd in files:
+        sd = torch.load(p, map_location=device, weights_only=True) if sd is None else sd
+        keys = [k.removeprefix("module.") for k in sd] if isinstance(sd, dict) else []
+        if not keys or not all(re.fullmatch(r"main\.\d+\.\w+", k) for k in keys):
+            raise UserError(
+                f"{p} is not a {MODEL} checkpoint nor a pytorch/examples netG/netD file"
+            )
+        sd = {"net." + k.removeprefix("main."): v for k, v in zip(keys, sd.values())}
+        name = "G" if "net.1.weight" in sd else "D"  # G: a BatchNorm at 1, D: a LeakyReLU
+        convs = [sd[k] for k in sorted(sd, key=lambda k: int(k.split(".")[1])) if sd[k].ndim == 4]
+        res, rgb = 4 * 2 ** (len(convs) - 1), convs[-1 if name == "G" else 0].shape[1]
+        if res < 32 or rgb != 3:
+            raise UserError(
+                f"{p}: its {name} is for {rgb}-channel {res}px images; {MODEL} builds RGB from 32px"
+            )
+        if a.setdefault("res", res) != res:
+            raise UserError(f"{path}: its G and D are for different resolutions")
+        if name == "G":
+            a.update(z_dim=convs[0].shape[0], g_ch=convs[-1].shape[0])
+        else:
+            a.update(d_ch=convs[0].shape[0])
+        nets[name] = sd
+    a = dict(dict(z_dim=100, g_ch=a.get("d_ch"), d_ch=a.get("g_ch")), **a)
+    built = dict(G=Generator(a["res"], a["z_dim"], a["g_ch"]), D=Discriminator(a["res"], a["d_ch"]))
+    for name, sd in nets.items():
+        try:
+            built[name].load_state_dict(sd)
+        except RuntimeError as e:  # the first line that says which layer differs
+            why = next((t.strip() for t in str(e).splitlines()[1:] if t.strip()), str(e))
+            raise UserError(
+                f"{path}: its {name} is not a network {MODEL}.py builds ({why})"
+            ) from None
+    return dict(args={k: a[k] for k in ARCH}, G=nets.get("G"), D=nets.get("D"), G_ema=None)
 
 
 def load_generator(path, device="cpu"):
     """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
     a = (ckpt := read_weights(path, device))["args"]
     G = Generator(a["res"], a["z_dim"], a["g_ch"]).to(device)
-    G.load_state_dict(ckpt["G_ema"])
+    if ckpt["G_ema"] is None and ckpt["G"] is None:
+        raise UserError(f"{path} holds no generator")
+    G.load_state_dict(ckpt["G_ema"] if ckpt["G_ema"] is not None else ckpt["G"])  # no EMA: G
     return G.eval().requires_grad_(False)
 
 

@@ -925,8 +925,8 @@ ARCH = (
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes", "class_counts"}: what
-    load_generator and --init read."""
+    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes",
+    "class_counts"}: what load_generator and --init read."""
     ckpt = load_checkpoint(path, device)
     return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
 

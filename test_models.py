@@ -1243,6 +1243,46 @@ def test_init_refuses_resume_and_sizes_that_differ_from_the_file(model, tmp_path
     assert not os.path.exists(tmp_path / "b" / "ckpt.pt")
 
 
+def test_dcgan_reads_pytorch_examples_files_samples_and_starts_from_them(tmp_path, capsys):
+    """netG_epoch_N.pth / netD_epoch_N.pth as pytorch/examples' dcgan/main.py saves them: its
+    nn.Sequential `main` holds the layers at our `net`'s indices (this fixture is ours, renamed)."""
+    import dcgan
+
+    G, D = dcgan.Generator(32, 16, 8), dcgan.Discriminator(32, 8)
+    for m in (G, D):
+        m.apply(dcgan.init_weights)
+    for name, net in (("G", G), ("D", D)):
+        sd = {"main." + k.removeprefix("net."): v for k, v in net.state_dict().items()}
+        torch.save(sd, tmp_path / f"net{name}_epoch_3.pth")
+    path = str(tmp_path / "netG_epoch_3.pth")
+    w = dcgan.read_weights(path)
+    assert w["args"] == dict(res=32, z_dim=16, g_ch=8, d_ch=8) and w["G_ema"] is None
+    assert set(w["D"]) == set(D.state_dict())  # its pair, found beside it
+    G.eval()
+    z = dcgan.sample_z(4, 16, torch.Generator().manual_seed(0))
+    assert torch.equal(dcgan.generate(dcgan.load_generator(path), 4, seed=0), G(z))
+    argv = ["--steps", "1", "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "run")]
+    dcgan.train(dcgan.get_args([*argv, "--init", str(tmp_path / "netD_epoch_3.pth")]))
+    assert "starting from" in capsys.readouterr().out
+    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["args"]["g_ch"] == 8
+    # another format, a truncated file, a pickle that would run code: one line, nothing run
+    torch.save({"weight": torch.ones(2)}, tmp_path / "other.pth")
+    data = open(path, "rb").read()
+    open(tmp_path / "cut.pth", "wb").write(data[: len(data) // 2])
+    marker = tmp_path / "ran"
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, (f"touch {marker}",))
+
+    torch.save({"G": Payload()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
+    for bad in ("other.pth", "cut.pth", "evil.pth"):
+        r = run_cli("dcgan.py", "--sample", str(tmp_path / bad))
+        assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
+        assert r.stderr.startswith(f"dcgan: error: {tmp_path / bad} is not a ")
+    assert not marker.exists()
+
+
 @pytest.mark.skipif("cgan" not in MODELS, reason="cgan.py absent")
 def test_init_refuses_data_with_another_class_count(tmp_path):
     mod, args = tiny_args("cgan", tmp_path / "a", steps=1)
