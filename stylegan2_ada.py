@@ -17,52 +17,44 @@ Paper -> code
   projection)                                                           -> Discriminator
 - style mixing with probability 0.9 (StyleGAN sec. 3.1)                 -> Generator.forward
 - non-saturating logistic loss; lazy R1 every 16 D steps; path length every 4 G steps (weight 2,
-  decay 0.01, batch / 2); Adam (0, 0.99) with the lazy-regularisation lr/beta correction
-  (StyleGAN2 sec. 3, appendix B)                  -> loss_d, loss_g, r1_penalty, path_length_penalty
+  decay 0.01, batch / 2) (StyleGAN2 sec. 3)       -> loss_d, loss_g, r1_penalty, path_length_penalty
+- Adam (0, 0.99), lr and beta corrected for lazy regularisation (StyleGAN2 appendix B) -> lazy_adam
 - ADA 'bgc' pipeline: 12 transforms, each with probability p, on every image D sees,
   differentiable (ADA sec. 2.3, appendix B)                             -> augment
 - adaptive p from r_t = E[sign(D(x_real))], target 0.6, 500 kimg from 0 to 1 (ADA sec. 3)
-                                                                        -> ada_update, train
+                                                                        -> ada_update, ADA
 
 Not from the paper: what changes results
-- The defaults are one config, the official 'auto' (stylegan2-ada-pytorch train.py:155, 165-174)
-  for one GPU at the chosen --res and --batch: G's mapping network 2 layers (the paper's 8),
-  channels min(--cbase / r, --cmax 512) with --cbase 16384 (32768 from 512 px), lr 0.0025 (0.002
-  at 1024 px), R1 gamma 0.0002 * res^2 / batch, EMA half-life batch * 10 / 32 kimg ramped up
-  over 0.05 of the images seen, minibatch-std groups of 4. At 64x64, batch 32: gamma 0.0256,
-  half-life 10 kimg. Official 'auto' picks the batch too, min(4096 / res, 32) per GPU (32 up to
-  128 px; 16, 8, 4 at 256, 512, 1024), and keeps gamma and the half-life of that batch when
-  --batch overrides it; here --batch (default 32) is the batch the config is computed for.
-  Training length is not the config's 25000 kimg: --steps 60000 at batch 32 is 1920 kimg.
-- Geometric augmentation: reflection padding, 2x upsampling with the 'sym6' wavelet low-pass
-  (12 taps), bilinear grid_sample, 2x downsampling with the same filter (the official choice).
-  Images that draw no transform are passed through untouched, so p = 0 is exactly the identity
-  (the official pipeline filters every image). p is clamped to [0, 1] (official: only >= 0).
-- --z-dim defaults to --w-dim (512 by default, as the paper). Fake images take the labels of
-  the real batch.
-- Several attributes (--labels, a CSV of tags such as hair and eyes): the paper's label c is one
-  class's one-hot; here it is the attributes' one-hots side by side (sum of their sizes wide, one
-  1 per attribute; the official code takes any vector c), so G's embedding of c is a sum of one
-  learned vector per attribute value, and D projects on its mapping of the same c, which sees
-  the attributes jointly (not one inner product per attribute). One attribute (subfolders or one
-  column) is the paper's case. Sampling draws attributes not asked for from their training
-  frequencies; training grids show the first attribute down and the second across.
-- G_ema's half-life ramps up: min(--ema-kimg, 0.05 * images seen), as the official code; its
-  buffers (w_avg) are copied from G.
-- Noise inputs are random while training and fixed buffers in eval (official generate.py's
-  'const'), so generate() is reproducible; generate() clamps to [-1, 1].
+- Defaults: the official 'auto' config, one GPU (train.py:155, 165-174): 2 mapping layers (paper
+  8); min(--cbase / r, --cmax 512) channels, cbase 16384 (32768 from 512 px); lr 0.0025 (0.002 at
+  1024 px); R1 gamma 0.0002 * res^2 / batch; EMA half-life batch * 10 / 32 kimg; mbstd groups of 4.
+- The config follows --batch (default 32; at 64x64: gamma 0.0256, 10 kimg). Official 'auto' picks
+  the batch, min(4096 / res, 32) per GPU, and keeps that batch's gamma and half-life under --batch.
+- --steps 60000 at batch 32 is 1920 kimg, not the config's 25000. z_dim defaults to w_dim (512).
+- Fakes take the real batch's labels. G_ema's half-life ramps up, min(--ema-kimg, 0.05 * kimg
+  seen), and G_ema copies G's w_avg (both official).
+- D's mapping of c has 8 layers whatever G's (networks.py:180, 714; train.py:180 sets only G's);
+  its skip conv is unclamped (networks.py:553-554).
+- Augmentation: reflection padding, 2x up with the 12-tap 'sym6' low-pass, bilinear grid_sample,
+  2x down (official). Images that draw no transform pass untouched, so p = 0 is the identity
+  (official: all are filtered); p is clamped to [0, 1] (official: only >= 0).
+- Lazy R1 and path length run at steps 0, k, 2k, ...; p moves after steps 3, 7, 11, ...: the
+  official batch_idx before and after its increment (training_loop.py:271, 309-312).
+- Several attributes (--labels CSV): c is their one-hots side by side (official: any vector c); G
+  embeds it as a sum of one vector per value, D projects on a mapping of the whole c. One attribute
+  (subfolders, one column) is the paper's case. Sampling draws the attributes not asked for from
+  training frequencies; grids show the first attribute down, the second across.
+- Noise: random in training, fixed buffers in eval (official generate.py's 'const'): generate() is
+  reproducible. It clamps to [-1, 1].
 Not from the paper: engineering
-- Pure PyTorch, no custom CUDA ops: FIR filtering is a separable depthwise conv, the modulated
-  conv is the official code's non-fused form (scale inputs, shared conv, scale outputs), the
-  upsampling conv a transposed conv followed by the FIR filter, as in the official code.
-- Gradients are averaged across processes by hand instead of DDP: DDP's hooks do not handle the
-  double backward of R1 and path length, nor D's parameters frozen in the G step (stylegan3 does
-  the same). pl_mean is per process, as in the official code; w_avg is rank 0's in checkpoints.
-- Reduced precision (bf16 autocast by default on CUDA) only in the convolutions and FIR filters
-  of blocks at >= max(res/8, 8) (the official num_fp16_res = 4), with the official clamp of
-  activations to +-256; styles, demodulation, the RGB skip image, mapping, the 4x4 layers, the
-  augmentation, R1 and path length run in fp32 (the last two eager even under --compile). Under
-  fp16 the modulated conv pre-normalises weights and styles so it cannot overflow (official).
+- Pure PyTorch: FIR filters are separable depthwise convs; the modulated conv and the upsampling
+  conv (transposed conv, then FIR) take the official code's non-fused forms.
+- Gradients averaged by hand, as stylegan3: DDP's hooks miss R1's and path length's double backward
+  and D frozen in the G step. pl_mean is per process (official); checkpoints keep rank 0's w_avg.
+- Reduced precision (bf16 autocast on CUDA by default) only in the convs and FIR filters of blocks
+  at >= max(res/8, 8) (official num_fp16_res = 4), clamped to +-256 (official). fp32: styles,
+  demodulation, the RGB skip image, mapping, 4x4 layers, augmentation, R1 and path length (the last
+  two eager under --compile). fp16: the modulated conv pre-normalises weights and styles (official).
 - Devices, DDP start-up, atomic checkpoints, resume: the plumbing block, as in every file.
 
 Usage
@@ -120,9 +112,11 @@ SYM6 = [
 # --- model --------------------------------------------------------------------------------------
 
 
-def check_res(res):
+def check_res(res, cbase=None):
     if res < 32 or res > 1024 or res & (res - 1):
         raise UserError(f"{MODEL} builds power-of-two resolutions from 32 to 1024; got --res {res}")
+    if cbase is not None and cbase < res:  # min(cbase / r, cmax) channels at r
+        raise UserError(f"--cbase {cbase} leaves no channels at {res}x{res}; use at least {res}")
 
 
 def upfirdn2d(x, f, up=1, down=1, pad=(0, 0), gain=1.0):
@@ -154,7 +148,10 @@ def bias_act(x, b, act, gain=1.0, clamp=256.0):
     official clamp to +-256 that keeps reduced precision from overflowing."""
     if b is not None:
         x = x + b.view(1, -1, *[1] * (x.dim() - 2))
-    x = F.leaky_relu(x, 0.2) * (math.sqrt(2) * gain) if act else x * gain if gain != 1 else x
+    if act:
+        x = F.leaky_relu(x, 0.2) * (math.sqrt(2) * gain)
+    elif gain != 1:
+        x = x * gain
     return x.clamp(-clamp * gain, clamp * gain)
 
 
@@ -209,20 +206,23 @@ class Conv(nn.Module):
 class MappingNetwork(nn.Module):
     """z (B, z_dim) [+ labels y] -> ws (B, num_ws, w_dim); with num_ws=None (D's class embedding,
     z_dim 0) -> (B, w_dim). Tracks w_avg, the centre that truncation pulls towards.
-    classes: 0 (unconditional), n (one attribute, y (B,)) or [n_1, ..., n_k] (k attributes,
+    n_classes: 0 (unconditional), n (one attribute, y (B,)) or [n_1, ..., n_k] (k attributes,
     y (B, k)); the label vector c is the one-hot of y, or the k one-hots side by side."""
 
-    def __init__(self, z_dim, w_dim, classes, layers, num_ws, w_avg_beta=0.995):
+    def __init__(self, z_dim, w_dim, n_classes, layers, num_ws, w_avg_beta=0.995):
         super().__init__()
-        self.sizes = classes if isinstance(classes, list) else [classes] if classes else []
-        self.classes = sum(self.sizes)  # the width of c
+        if isinstance(n_classes, list):
+            self.sizes = n_classes
+        else:
+            self.sizes = [n_classes] if n_classes else []
+        self.c_dim = sum(self.sizes)  # the width of c
         self.z_dim, self.num_ws, self.w_avg_beta = z_dim, num_ws, w_avg_beta
-        self.embed = FC(self.classes, w_dim) if classes else None
+        self.embed = FC(self.c_dim, w_dim) if n_classes else None
         # attribute j's values are the n_j columns of c from offsets[j]; a buffer that is not
         # saved, so checkpoints keep their keys
         offsets = torch.tensor([0, *self.sizes[:-1]]).cumsum(0)
         self.register_buffer("offsets", offsets, persistent=False)
-        dims = [z_dim + (w_dim if classes else 0)] + [w_dim] * layers
+        dims = [z_dim + (w_dim if n_classes else 0)] + [w_dim] * layers
         self.net = nn.Sequential(
             *[FC(a, b, act=True, lr_mul=0.01) for a, b in zip(dims[:-1], dims[1:])]
         )
@@ -231,8 +231,8 @@ class MappingNetwork(nn.Module):
     def forward(self, z, y=None, psi=1.0, cutoff=None, update_w_avg=True):
         with torch.autocast((z if z is not None else y).device.type, enabled=False):
             x = [normalize_2nd_moment(z.float())] if self.z_dim else []
-            if self.classes:  # c (B, sum n_i): one 1 per attribute
-                c = F.one_hot(y.reshape(len(y), -1) + self.offsets, self.classes).sum(1)
+            if self.c_dim:  # c (B, sum n_i): one 1 per attribute
+                c = F.one_hot(y.reshape(len(y), -1) + self.offsets, self.c_dim).sum(1)
                 x.append(normalize_2nd_moment(self.embed(c.float())))
             w = self.net(torch.cat(x, 1))
             if self.num_ws is None:
@@ -326,10 +326,10 @@ class SynthesisBlock(nn.Module):
 
 class Generator(nn.Module):
     """z (B, z_dim), y (B,) or (B, k) labels or None -> image (B, 3, res, res), roughly in [-1, 1].
-    classes: 0, n or [n_1, ..., n_k], as MappingNetwork."""
+    n_classes: 0, n or [n_1, ..., n_k], as MappingNetwork."""
 
     def __init__(
-        self, res=64, z_dim=512, w_dim=512, classes=0, cbase=16384, cmax=512, map_layers=2
+        self, res=64, z_dim=512, w_dim=512, n_classes=0, cbase=16384, cmax=512, map_layers=2
     ):
         super().__init__()
         self.res, self.z_dim = res, z_dim
@@ -341,8 +341,8 @@ class Generator(nn.Module):
         self.blocks = nn.ModuleList(blocks)
         # toRGB of block i shares conv0's w of block i+1
         self.num_ws = sum(b.num_conv for b in blocks) + 1
-        self.mapping = MappingNetwork(z_dim, w_dim, classes, map_layers, self.num_ws)
-        self.c_dim = self.mapping.classes
+        self.mapping = MappingNetwork(z_dim, w_dim, n_classes, map_layers, self.num_ws)
+        self.c_dim = self.mapping.c_dim
 
     def synthesis(self, ws):  # (B, num_ws, w_dim) -> (B, 3, res, res)
         x = img = None
@@ -374,7 +374,7 @@ class DiscriminatorBlock(nn.Module):
         super().__init__()
         self.fromrgb = Conv(3, c_in, 1) if from_rgb else None
         self.conv0, self.conv1 = Conv(c_in, c_in, 3), Conv(c_in, c_out, 3, down=True)
-        # the skip conv is not clamped: official networks.py:553-554 gives it no conv_clamp
+        # the skip conv is not clamped (official)
         self.skip = Conv(c_in, c_out, 1, act=False, bias=False, down=True, clamp=float("inf"))
         self.amp = amp
 
@@ -404,23 +404,22 @@ def minibatch_std(x, group=4):
 class Discriminator(nn.Module):
     """image (B, 3, res, res), y (B,) or (B, k) or None -> logit (B,). Conditional: the output is
     projected on an embedding of y, <out, cmap> / sqrt(dim), cmap from a mapping network of y with
-    map_layers 8 whatever G's depth (official networks.py:714 passes no num_layers, so the
-    default 8 of networks.py:180; train.py:180 sets only G's)."""
+    map_layers 8 whatever G's depth (official)."""
 
-    def __init__(self, res=64, classes=0, cbase=16384, cmax=512, map_layers=8, mbstd_group=4):
+    def __init__(self, res=64, n_classes=0, cbase=16384, cmax=512, map_layers=8, mbstd_group=4):
         super().__init__()
         ch = lambda r: min(cbase // r, cmax)  # noqa: E731
         self.blocks = nn.ModuleList(
             [
-                DiscriminatorBlock(ch(r), ch(r // 2), r >= max(res // 8, 8), r == res)
+                DiscriminatorBlock(ch(r), ch(r // 2), amp=r >= max(res // 8, 8), from_rgb=r == res)
                 for r in [2**i for i in range(int(math.log2(res)), 2, -1)]
             ]
         )
         c = ch(4)
-        self.mbstd_group, self.classes = mbstd_group, classes
+        self.mbstd_group = mbstd_group
         self.conv, self.fc = Conv(c + 1, c, 3), FC(c * 16, c, act=True)
-        self.out = FC(c, c if classes else 1)
-        self.mapping = MappingNetwork(0, c, classes, map_layers, None) if classes else None
+        self.out = FC(c, c if n_classes else 1)
+        self.mapping = MappingNetwork(0, c, n_classes, map_layers, None) if n_classes else None
 
     def forward(self, x, y=None):
         for b in self.blocks:  # (B, 3, res, res) -> ... -> (B, c, 4, 4)
@@ -479,29 +478,32 @@ def augment_fp32(x, p):
     """The pipeline of augment() on an fp32 x, autocast off."""
     B, C, H, W = x.shape
     dev, ones, zeros = x.device, torch.ones(B, device=x.device), torch.zeros(B, device=x.device)
-    p = torch.as_tensor(p, device=dev)  # training's ada_p passes through as it is
+    p = torch.as_tensor(p, device=dev)  # training's ADA.p passes through as it is
 
     def coin(value, default):  # value with probability p, else the identity's parameter
         return torch.where(torch.rand(B, device=dev) < p, value, default)
 
-    G_inv = torch.eye(3, device=dev).expand(B, 3, 3)
-    G_inv = G_inv @ scale2d(1 - 2 * coin(torch.floor(torch.rand(B, device=dev) * 2), zeros), ones)
-    G_inv = G_inv @ rotate2d(math.pi / 2 * coin(torch.floor(torch.rand(B, device=dev) * 4), zeros))
+    # geometric: inverse (output -> input pixel) matrices named as the official augment.py's
+    # transforms (its `rotate` is rotate_pre and rotate_post)
+    xflip = scale2d(1 - 2 * coin(torch.floor(torch.rand(B, device=dev) * 2), zeros), ones)
+    rotate90 = rotate2d(math.pi / 2 * coin(torch.floor(torch.rand(B, device=dev) * 4), zeros))
     t = (torch.rand(2, B, device=dev) * 2 - 1) * 0.125
     t = torch.where(torch.rand(B, device=dev) < p, t, zeros)
-    G_inv = G_inv @ translate2d(-torch.round(t[0] * W), -torch.round(t[1] * H))
+    xint = translate2d(-torch.round(t[0] * W), -torch.round(t[1] * H))  # integer translation
     s = coin(torch.exp2(torch.randn(B, device=dev) * 0.2), ones)
-    G_inv = G_inv @ scale2d(1 / s, 1 / s)
+    scale = scale2d(1 / s, 1 / s)  # isotropic
     p_rot = 1 - torch.sqrt((1 - p).clamp(0, 1))  # rotated before or after aniso: P(either) = p
     theta = (torch.rand(B, device=dev) * 2 - 1) * math.pi
-    G_inv = G_inv @ rotate2d(torch.where(torch.rand(B, device=dev) < p_rot, theta, zeros))
+    rotate_pre = rotate2d(torch.where(torch.rand(B, device=dev) < p_rot, theta, zeros))
     s = coin(torch.exp2(torch.randn(B, device=dev) * 0.2), ones)
-    G_inv = G_inv @ scale2d(1 / s, s)
+    aniso = scale2d(1 / s, s)  # anisotropic scaling
     theta = (torch.rand(B, device=dev) * 2 - 1) * math.pi
-    G_inv = G_inv @ rotate2d(torch.where(torch.rand(B, device=dev) < p_rot, theta, zeros))
+    rotate_post = rotate2d(torch.where(torch.rand(B, device=dev) < p_rot, theta, zeros))
     t = torch.randn(2, B, device=dev) * 0.125
     t = torch.where(torch.rand(B, device=dev) < p, t, zeros)
-    G_inv = G_inv @ translate2d(-t[0] * W, -t[1] * H)
+    xfrac = translate2d(-t[0] * W, -t[1] * H)  # fractional translation
+    G_inv = torch.eye(3, device=dev).expand(B, 3, 3) @ xflip @ rotate90 @ xint  # (B, 3, 3)
+    G_inv = G_inv @ scale @ rotate_pre @ aniso @ rotate_post @ xfrac
 
     moved = (G_inv != torch.eye(3, device=dev)).any(2).any(1)  # (B,)
     if moved.any():
@@ -527,22 +529,23 @@ def augment_fp32(x, p):
         y = downsample2d(y, f.flip(0), crop=pad * 2)
         x = torch.where(moved[:, None, None, None], y, x)
 
-    # colour: c * (x + b), then luma flip, hue rotation and saturation about the luma axis v
-    b = coin(torch.randn(B, device=dev) * 0.2, zeros)
-    c = coin(torch.exp2(torch.randn(B, device=dev) * 0.5), ones)
+    # colour, named as in the official augment.py: contrast * (x + brightness), then lumaflip,
+    # hue (a rotation) and saturation about the luma axis v
+    brightness = coin(torch.randn(B, device=dev) * 0.2, zeros)  # (B,), added
+    contrast = coin(torch.exp2(torch.randn(B, device=dev) * 0.5), ones)  # (B,), a factor
     v = torch.full((3,), 3**-0.5, device=dev)
     vv, I3 = torch.outer(v, v), torch.eye(3, device=dev)
     i = coin(torch.floor(torch.rand(B, device=dev) * 2), zeros)
-    luma = I3 - 2 * vv * i[:, None, None]  # Householder reflection
+    lumaflip = I3 - 2 * vv * i[:, None, None]  # Householder reflection
     theta = coin((torch.rand(B, device=dev) * 2 - 1) * math.pi, zeros)[:, None, None]
-    # the cross-product matrix of v
+    # K: the cross-product matrix of v
     K = torch.tensor([[0, -1, 1], [1, 0, -1], [-1, 1, 0]], device=dev) * 3**-0.5
     hue = torch.cos(theta) * I3 + torch.sin(theta) * K + (1 - torch.cos(theta)) * vv  # Rodrigues
     s = coin(torch.exp2(torch.randn(B, device=dev)), ones)
-    sat = vv + (I3 - vv) * s[:, None, None]
-    M = sat @ hue @ luma * c[:, None, None]  # (B, 3, 3)
-    coloured = (M @ (x.reshape(B, C, H * W) + b[:, None, None])).reshape(B, C, H, W)
-    changed = (b != 0) | (c != 1) | (i != 0) | (theta.flatten() != 0) | (s != 1)
+    saturation = vv + (I3 - vv) * s[:, None, None]
+    M = saturation @ hue @ lumaflip * contrast[:, None, None]  # (B, 3, 3)
+    coloured = (M @ (x.reshape(B, C, H * W) + brightness[:, None, None])).reshape(B, C, H, W)
+    changed = (brightness != 0) | (contrast != 1) | (i != 0) | (theta.flatten() != 0) | (s != 1)
     return torch.where(changed[:, None, None, None], coloured, x)
 
 
@@ -592,6 +595,61 @@ def path_length_penalty(img, ws, pl_mean, decay=0.01):
 R1_INTERVAL = 16  # lazy R1: one regularisation step every 16 D steps (StyleGAN2 sec. 3.1)
 PL_INTERVAL = 4  # lazy path length: every 4 G steps (StyleGAN2 sec. 3.2)
 ADA_INTERVAL = 4  # p is adjusted every 4 steps (ADA sec. 3)
+# `step` is the official loop's batch_idx: the steps done before this one. Its Greg and Dreg
+# phases run if batch_idx % interval == 0, before batch_idx += 1: here `step % interval`, steps
+# 0, 16, 32, ... Its ADA adjustment comes after batch_idx += 1: here `(step + 1) % ADA_INTERVAL`,
+# after steps 3, 7, 11, ..., once ADA_INTERVAL steps of signs are in.
+
+
+def auto_config(args):
+    """Knobs left unset take the official 'auto' config for one GPU at this --res and --batch
+    (stylegan2-ada-pytorch train.py's 'auto' cfg, lines 155, 165-174); z_dim defaults to w_dim."""
+    args.z_dim = args.z_dim or args.w_dim
+    if args.r1_gamma is None:
+        args.r1_gamma = 0.0002 * args.res**2 / args.batch
+    if args.ema_kimg is None:
+        args.ema_kimg = args.batch * 10 / 32
+    if args.cbase is None:
+        args.cbase = 32768 if args.res >= 512 else 16384  # official fmaps 1, else 0.5
+    lr = 0.002 if args.res >= 1024 else 0.0025
+    args.lr_g, args.lr_d = args.lr_g or lr, args.lr_d or lr
+    return args
+
+
+def lazy_adam(module, lr, interval):
+    """Adam (0, 0.99) for a network regularised every k = `interval` steps on a step of its own:
+    lr * k/(k+1), beta ** (k/(k+1)) (StyleGAN2 appendix B)."""
+    r = interval / (interval + 1)
+    return torch.optim.Adam(module.parameters(), lr=lr * r, betas=(0.0, 0.99**r), eps=1e-8)
+
+
+class ADA:
+    """The augmentation probability p: adaptive (--aug ada, ADA sec. 3), fixed at --p, or no
+    augmentation. p and the sign sums are tensors, checkpointed as ada_p and ada_signs."""
+
+    def __init__(self, args, device):
+        self.mode, self.target, self.kimg = args.aug, args.ada_target, args.ada_kimg
+        self.n_img = args.batch * ADA_INTERVAL  # images per adjustment, over all processes
+        self.p = torch.tensor(args.p if args.aug == "fixed" else 0.0, device=device)
+        self.signs = torch.zeros(2, device=device)  # sum of sign(D(x_real)), count since the update
+
+    def augment(self, x):  # every image D sees, real or fake, in D, G and R1 steps (ADA sec. 2.3)
+        return augment(x, self.p) if self.mode != "none" else x
+
+    def observe(self, logits_real):
+        self.signs[0] += logits_real.detach().sign().sum()
+        self.signs[1] += len(logits_real)
+
+    def adjust(self, step):
+        """After the step (see ADA_INTERVAL): p moves by ada_update, r_t = E[sign(D(x_real))] since
+        the last adjustment, over all processes."""
+        if self.mode != "ada" or (step + 1) % ADA_INTERVAL:
+            return
+        signs = self.signs.clone()
+        if dist.is_initialized():
+            dist.all_reduce(signs)
+        self.p.copy_(ada_update(self.p, signs[0] / signs[1], self.n_img, self.target, self.kimg))
+        self.signs.zero_()
 
 
 def ema_beta(batch, ema_kimg):
@@ -627,57 +685,43 @@ def all_reduce_grads(module):
 
 
 def label_sizes(classes):
-    """The Generator's and Discriminator's `classes` for a dataset's or checkpoint's classes: 0 for
+    """The Generator's and Discriminator's n_classes for a dataset's or checkpoint's classes: 0 for
     one class (unconditional), n for one attribute of n values, [n_1, ..., n_k] for several."""
     sizes = [len(values) for _, values in attributes(classes)]
-    return sizes if len(sizes) > 1 else sizes[0] if sizes[0] > 1 else 0
+    if len(sizes) > 1:
+        return sizes
+    return sizes[0] if sizes[0] > 1 else 0
+
+
+def networks(args, n_classes, device):
+    """G, D and G_ema for these args, with rank 0's weights on every process (what DDP would do)."""
+    G = Generator(
+        args.res, args.z_dim, args.w_dim, n_classes, args.cbase, args.cmax, args.map_layers
+    ).to(device)
+    D = Discriminator(args.res, n_classes, args.cbase, args.cmax, mbstd_group=args.mbstd_group)
+    D = D.to(device)
+    if dist.is_initialized():
+        for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
+            dist.broadcast(t.data, 0)
+    return G, D, copy.deepcopy(G).eval().requires_grad_(False)
 
 
 def train(args):
-    check_res(args.res)
-    if args.cbase is not None and args.cbase < args.res:  # min(cbase / r, cmax) channels at r
-        no_channels = f"leaves no channels at {args.res}x{args.res}; use at least {args.res}"
-        raise UserError(f"--cbase {args.cbase} {no_channels}")
+    check_res(args.res, args.cbase)
     run = Run(args)  # device, precision, seed, --resume: the plumbing block below
-    args, device = run.args, run.device
+    args, device = auto_config(run.args), run.device
     columns = args.label_columns.split(",") if args.label_columns else None
     data = load_images(
         args.data, args.res, verbose=run.rank == 0, labels=args.labels, label_columns=columns
     )
     batches = Batches(
-        data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
+        data, args.batch // run.world, device, args.seed, run.rank, run.world, flip=args.flip
     )
-    classes = label_sizes(data.classes)  # labelled data: conditional
+    n_classes = label_sizes(data.classes)  # labelled data: conditional
     counts = class_counts(data.classes, data.labels)
-    args.z_dim = args.z_dim or args.w_dim
-    # unset knobs take the official 'auto' config for one GPU at this --res and --batch
-    # (stylegan2-ada-pytorch train.py:169-174): R1 gamma and the EMA half-life follow the batch,
-    # --cbase doubles from 512 px (fmaps 1, else 0.5), the lr drops at 1024 px
-    if args.r1_gamma is None:
-        args.r1_gamma = 0.0002 * args.res**2 / args.batch
-    if args.ema_kimg is None:
-        args.ema_kimg = args.batch * 10 / 32
-    if args.cbase is None:
-        args.cbase = 32768 if args.res >= 512 else 16384
-    lr = 0.002 if args.res >= 1024 else 0.0025
-    args.lr_g, args.lr_d = args.lr_g or lr, args.lr_d or lr
-
-    G = Generator(
-        args.res, args.z_dim, args.w_dim, classes, args.cbase, args.cmax, args.map_layers
-    ).to(device)
-    D = Discriminator(args.res, classes, args.cbase, args.cmax, mbstd_group=args.mbstd_group)
-    D = D.to(device)
-    if run.world > 1:  # every rank starts from rank 0's weights (what DDP would do)
-        for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
-            dist.broadcast(t.data, 0)
-    G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    # lazy regularisation takes every k-th step on its own: lr * k/(k+1), beta ** (k/(k+1))
-    # (StyleGAN2 appendix B)
-    r_G, r_D = PL_INTERVAL / (PL_INTERVAL + 1), R1_INTERVAL / (R1_INTERVAL + 1)
-    opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g * r_G, betas=(0.0, 0.99**r_G), eps=1e-8)
-    opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d * r_D, betas=(0.0, 0.99**r_D), eps=1e-8)
-    ada_p = torch.tensor(args.p if args.aug == "fixed" else 0.0, device=device)
-    ada_signs = torch.zeros(2, device=device)  # sum of sign(D(x_real)), count since the p update
+    G, D, G_ema = networks(args, n_classes, device)
+    opt_G, opt_D = lazy_adam(G, args.lr_g, PL_INTERVAL), lazy_adam(D, args.lr_d, R1_INTERVAL)
+    ada = ADA(args, device)
     pl_mean = torch.zeros((), device=device)  # the path length target a (StyleGAN2 eq. 4)
     if run.ckpt is not None:  # a checkpoint from before attribute labels
         run.ckpt.setdefault("class_counts", counts)
@@ -690,22 +734,17 @@ def train(args):
         opt_G=opt_G,
         opt_D=opt_D,
         loader=batches,
-        ada_p=ada_p,
-        ada_signs=ada_signs,
+        ada_p=ada.p,
+        ada_signs=ada.signs,
         pl_mean=pl_mean,
     )
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
-    # torch.compile with --compile; no DDP wrapper: all_reduce_grads averages the gradients.
-    # R1 and path length below always use the eager G and D (double backward).
+    # --compile: torch.compile; no DDP (all_reduce_grads); R1 and path length use eager G and D
     G_train, D_train = run.wrap(G, D, ddp=False)
     r1_last, pl_last = torch.zeros((), device=device), torch.zeros((), device=device)
     z_fixed, y_fixed, cols, about = fixed_latents(data.classes, counts, args.z_dim, args.seed)
-    z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device) if classes else None
-    about = f"{len(data.labels)} images, {about}" + (" (conditional)" if classes else "")
-
-    def aug(x):  # ADA: every image D sees, real or fake, in D, G and R1 steps (ADA sec. 2.3)
-        return augment(x, ada_p) if args.aug != "none" else x
-
+    z_fixed, y_fixed = z_fixed.to(device), y_fixed.to(device) if n_classes else None
+    about = f"{len(data.labels)} images, {about}" + (" (conditional)" if n_classes else "")
     about += f" | aug {args.aug} | r1_gamma {args.r1_gamma:.4g} | ema_kimg {args.ema_kimg:.4g}"
 
     def grid():  # several attributes: one column per value of the second
@@ -714,7 +753,7 @@ def train(args):
 
     for step in run.steps(grid=grid, about=about):
         x_real, y = next(batches)  # (B, 3, res, res) in [-1, 1], labels (B,) or (B, k)
-        y = y if classes else None
+        y = y if n_classes else None
         x_real = x_real.contiguous(memory_format=run.layout)
         z = torch.randn(x_real.shape[0], args.z_dim, device=device)
 
@@ -723,20 +762,20 @@ def train(args):
         with torch.no_grad(), run.autocast:
             x_fake = G_train(z, y, mix_prob=args.style_mixing)
         with run.autocast:
-            logits_real, logits_fake = D_train(aug(x_real), y), D_train(aug(x_fake), y)
+            logits_real = D_train(ada.augment(x_real), y)
+            logits_fake = D_train(ada.augment(x_fake), y)
             loss_D = loss_d(logits_real.float(), logits_fake.float())
         opt_D.zero_grad(set_to_none=True)
         scaler_D.scale(loss_D).backward()
         all_reduce_grads(D)
         scaler_D.step(opt_D)
         scaler_D.update()
-        ada_signs[0] += logits_real.detach().sign().sum()
-        ada_signs[1] += len(logits_real)
+        ada.observe(logits_real)
 
         # (2) lazy R1 on D: minimise gamma/2 E||grad_x D(aug(x))||^2, scaled by the interval
         # (StyleGAN2 sec. 3.1)
         if step % R1_INTERVAL == 0 and args.r1_gamma > 0:
-            penalty, _ = r1_penalty(D, x_real.float(), y, aug)
+            penalty, _ = r1_penalty(D, x_real.float(), y, ada.augment)
             opt_D.zero_grad(set_to_none=True)
             (penalty.mean() * (args.r1_gamma / 2) * R1_INTERVAL).backward()
             all_reduce_grads(D)
@@ -747,7 +786,7 @@ def train(args):
         D.requires_grad_(False)
         with run.autocast:
             x_fake = G_train(torch.randn_like(z), y, mix_prob=args.style_mixing)
-            loss_G = loss_g(D_train(aug(x_fake), y).float())
+            loss_G = loss_g(D_train(ada.augment(x_fake), y).float())
         opt_G.zero_grad(set_to_none=True)
         scaler_G.scale(loss_G).backward()
         all_reduce_grads(G)
@@ -772,15 +811,8 @@ def train(args):
         update_ema(G_ema, G, ema_beta(args.batch, ema_half_life(step, args)))
 
         # (5) ADA: every 4 steps, p += sign(r_t - target) * images / (ada_kimg * 1000), r_t the
-        # mean sign of D's real logits since the last update, over all processes (ADA sec. 3)
-        if args.aug == "ada" and (step + 1) % ADA_INTERVAL == 0:
-            signs = ada_signs.clone()
-            if dist.is_initialized():
-                dist.all_reduce(signs)
-            r_t = signs[0] / signs[1]
-            n_img = args.batch * ADA_INTERVAL
-            ada_p.copy_(ada_update(ada_p, r_t, n_img, args.ada_target, args.ada_kimg))
-            ada_signs.zero_()
+        # mean sign of D's real logits since the last adjustment (ADA sec. 3)
+        ada.adjust(step)
 
         # r1, pl (the last penalties), pl_mean and p are logged every step too, so the log line
         # shows their means over the log interval
@@ -793,7 +825,7 @@ def train(args):
             r1=r1_last,
             pl=pl_last,
             pl_mean=pl_mean,
-            p=ada_p,
+            p=ada.p,
         )
     return G_ema
 

@@ -2533,7 +2533,7 @@ def test_stylegan2_r1_matches_a_hand_computation():
     )  # through the augmentation: d/dx D(2x)
     assert torch.allclose(penalty, (2 * (a + 2 * x)).square().sum([1, 2, 3]), rtol=1e-5)
     penalty.sum().backward()  # double backward works (R1 is trained through)
-    tiny = sg.Discriminator(32, classes=3, cbase=64, cmax=8, map_layers=1)
+    tiny = sg.Discriminator(32, n_classes=3, cbase=64, cmax=8, map_layers=1)
     p, _ = sg.r1_penalty(
         tiny,
         torch.randn(4, 3, 32, 32),
@@ -2637,7 +2637,7 @@ def test_stylegan2_w_avg_moves_toward_the_batch_mean():
     import stylegan2_ada as sg
 
     torch.manual_seed(0)
-    G = sg.Generator(32, z_dim=8, w_dim=8, classes=0, cbase=64, cmax=8, map_layers=2)
+    G = sg.Generator(32, z_dim=8, w_dim=8, n_classes=0, cbase=64, cmax=8, map_layers=2)
     z = torch.randn(16, 8)
     w = G.mapping(z, update_w_avg=False)[:, 0]
     assert torch.equal(G.mapping.w_avg, torch.zeros(8))
@@ -2861,8 +2861,8 @@ def test_stylegan2_autocast_forward_of_g_and_d_matches_fp32(dtype, tol):
     import stylegan2_ada as sg
 
     torch.manual_seed(0)
-    G = sg.Generator(32, z_dim=32, w_dim=32, classes=3, cbase=256, cmax=16, map_layers=2).eval()
-    D = sg.Discriminator(32, classes=3, cbase=256, cmax=16, map_layers=2).eval()
+    G = sg.Generator(32, z_dim=32, w_dim=32, n_classes=3, cbase=256, cmax=16, map_layers=2).eval()
+    D = sg.Discriminator(32, n_classes=3, cbase=256, cmax=16, map_layers=2).eval()
     z, y = torch.randn(4, 32), torch.arange(4) % 3
     with torch.no_grad():
         img = G(z, y)
@@ -2873,6 +2873,83 @@ def test_stylegan2_autocast_forward_of_g_and_d_matches_fp32(dtype, tol):
     assert img_amp.dtype == logits_amp.dtype == torch.float32  # the skip image and D's epilogue
     assert (img_amp - img).abs().max() <= tol * img.abs().max()
     assert (logits_amp - logits).abs().max() <= tol * logits.abs().max()
+
+
+def sg2_args(**kw):
+    """The flags auto_config and ADA read, with get_args' defaults at 64x64, batch 32."""
+    a = argparse.Namespace(res=64, batch=32, z_dim=None, w_dim=512, r1_gamma=None, ema_kimg=None)
+    vars(a).update(cbase=None, lr_g=None, lr_d=None, aug="ada", p=0.0, ada_target=0.6, ada_kimg=500)
+    vars(a).update(kw)
+    return a
+
+
+@needs_sg2
+def test_stylegan2_auto_config_is_the_official_auto_cfg():
+    import stylegan2_ada as sg
+
+    a = sg.auto_config(sg2_args())  # 64x64, batch 32: gamma 0.0256, half-life 10 kimg
+    assert a.r1_gamma == pytest.approx(0.0256) and a.ema_kimg == 10.0 and a.cbase == 16384
+    assert a.lr_g == a.lr_d == 0.0025 and a.z_dim == 512
+    a = sg.auto_config(sg2_args(res=1024, batch=4, w_dim=256))
+    assert a.r1_gamma == pytest.approx(52.4288) and a.ema_kimg == 1.25 and a.cbase == 32768
+    assert a.lr_g == a.lr_d == 0.002 and a.z_dim == 256
+    a = sg.auto_config(sg2_args(r1_gamma=1.0, ema_kimg=20.0, cbase=512, lr_g=0.01, z_dim=64))
+    assert (a.r1_gamma, a.ema_kimg, a.cbase, a.lr_g, a.lr_d, a.z_dim) == (
+        1,
+        20,
+        512,
+        0.01,
+        0.0025,
+        64,
+    )
+
+
+@needs_sg2
+def test_stylegan2_lazy_adam_scales_lr_and_betas_by_k_over_k_plus_1():
+    import stylegan2_ada as sg
+
+    opt = sg.lazy_adam(torch.nn.Linear(2, 2), 0.0025, 16)
+    g = opt.param_groups[0]
+    assert g["lr"] == pytest.approx(0.0025 * 16 / 17)
+    assert g["betas"] == (0.0, pytest.approx(0.99 ** (16 / 17))) and g["eps"] == 1e-8
+
+
+@needs_sg2
+def test_stylegan2_ada_moves_p_after_every_fourth_step_only():
+    import stylegan2_ada as sg
+
+    ada = sg.ADA(sg2_args(batch=32, ada_kimg=1.0), "cpu")  # each adjustment: 128 / 1000
+    seen = []
+    for step in range(8):
+        ada.observe(torch.ones(32))  # r_t = 1 > target 0.6: p rises
+        ada.adjust(step)
+        seen.append(round(ada.p.item(), 6))
+    # the official loop adjusts after batch_idx += 1: after steps 3 and 7 (step + 1 = 4, 8)
+    assert seen == [0, 0, 0, 0.128, 0.128, 0.128, 0.128, 0.256]
+    assert ada.signs.tolist() == [0.0, 0.0]  # the sums restart after each adjustment
+    ada.observe(-torch.ones(32))
+    for step in range(8, 12):
+        ada.adjust(step)
+    assert ada.p.item() == pytest.approx(0.128)  # r_t = -1 < target: p falls
+    fixed = sg.ADA(sg2_args(aug="fixed", p=0.3), "cpu")
+    fixed.observe(torch.ones(32))
+    fixed.adjust(3)
+    assert fixed.p.item() == pytest.approx(0.3)
+    x = torch.randn(2, 3, 32, 32)
+    assert sg.ADA(sg2_args(aug="none"), "cpu").augment(x) is x
+
+
+@needs_sg2
+def test_stylegan2_conditioning_widths_by_name():
+    import stylegan2_ada as sg
+
+    assert sg.label_sizes(["a"]) == 0 and sg.label_sizes(["a", "b", "c"]) == 3
+    assert sg.label_sizes({"hair": ["a", "b"], "eyes": ["x", "y", "z"]}) == [2, 3]
+    G = sg.Generator(32, z_dim=8, w_dim=8, n_classes=[2, 3], cbase=64, cmax=8, map_layers=1)
+    assert G.c_dim == 5 and G.mapping.sizes == [2, 3]
+    assert sg.Generator(32, z_dim=8, w_dim=8, n_classes=0, cbase=64, cmax=8).c_dim == 0
+    D = sg.Discriminator(32, n_classes=0, cbase=64, cmax=8)
+    assert D.mapping is None and D(torch.randn(2, 3, 32, 32)).shape == (2,)
 
 
 # --- BigGAN as the paper describes it -----------------------------------------------------------
