@@ -5,10 +5,26 @@ Speed (the default). Each model file runs as a subprocess, `python <model>.py --
 folder. Its log.jsonl gives the time per logged interval (the model files already leave sampling
 and checkpointing out of it); the first interval is warm-up (allocator, cuDNN autotuning,
 torch.compile) and is dropped, the rest are pooled: ms/step = their seconds / their steps.
-Parameter counts, device and precision come from the header line the model prints when it
-starts; peak memory is the model's own `mem_gb` (torch.cuda.max_memory_allocated over the whole
-run). The loader's img/s is common.Batches alone on the same data, resolution, batch and device.
-Every model runs at its default widths; anything after `--` is passed to every model unchanged.
+Parameter counts, device and precision come from the start line the model prints, the precision
+with the model's reason for it (`cpu bf16 (auto: this CPU has native bf16)`: the table says
+`bf16 (auto)` or `bf16 (emulated)`, the JSON keeps the whole reason as precision_why); peak
+memory is the model's own `mem_gb` (torch.cuda.max_memory_allocated over the whole run). The
+loader's img/s is common.Batches alone on the same data, resolution, batch and device. Every
+model runs at its default widths; anything after `--` is passed to every model unchanged.
+GFLOP/s is the achieved rate, GFLOPs per training image (FLOPs, below) x img/s, with the figures
+of an earlier --flops --json file given as --flops-from (counted at the same --res and `--`
+flags). A timing run counts no FLOPs itself (at default widths that takes long on a CPU): without
+--flops-from the column says "-".
+
+Peak (--peak). The best rate torch reaches on this machine, in GFLOP/s: square --peak-size
+matmuls (2 n^3 FLOPs each; n = 2048 on a CPU, 8192 on a GPU, big enough that the rate no longer
+grows much with n) in each precision the table ran (fp32, bf16, fp16), on its device: the CPU
+with torch.get_num_threads() threads, as the models run; fp32 on CUDA as TF32, as the models set
+it. Two matmuls warm up, then the best of 5 timed runs of as many as fill 0.05 s (synchronised on
+a GPU). It is a measured ceiling, not a datasheet figure: convolutions run on the same kind of
+kernels, so "share of peak" = GFLOP/s / peak says how much of the machine's matmul rate a model's
+training step turns into counted FLOPs (elementwise work, data movement and Python overhead are
+the rest). On a busy machine both the rates and the peak come out low.
 
 FLOPs (--flops). Training GFLOPs per image: one generator step with everything the paper does
 around it (its D steps; G and D forward and backward; the double backward of R1, the gradient
@@ -35,10 +51,10 @@ GFLOPs/img of resampling filters).
 GPU acceptance (--acceptance). Every model at --res 64, --batch 64 and its default widths in
 each of --modes (fp32, bf16, bf16+compile), timed as above, in one table with GFLOPs/img
 (counted on the same device, or read from --flops-from) and the achieved TFLOP/s = GFLOPs/img *
-img/s / 1000; then dcgan under `torchrun --nproc_per_node=1` and a --resume of that run to twice
-the steps, each checked for exit status 0 and the step in its ckpt.pt (PASS/FAIL lines). Exit
-status 0 when every run and check passed. Asked for a GPU it does not have, it stops with one
-line, `bench: error: ...`, and exit status 1.
+img/s / 1000 (with --peak also its share of peak); then dcgan under `torchrun --nproc_per_node=1`
+and a --resume of that run to twice the steps, each checked for exit status 0 and the step in its
+ckpt.pt (PASS/FAIL lines). Exit status 0 when every run and check passed. Asked for a GPU it does
+not have, it stops with one line, `bench: error: ...`, and exit status 1.
 
 Usage
     python bench.py                                   # every model file here, toy data, 64x64
@@ -46,6 +62,10 @@ Usage
     python bench.py --device cuda --precision bf16 --json out/bench_gpu.json
     python bench.py dcgan --res 32 --batch 8 --steps 4 --log-every 2 -- --g-ch 8 --d-ch 8  # tiny
     OMP_NUM_THREADS=2 python bench.py --flops --json out/flops.json   # CPU: half an hour or more
+    python bench.py --flops-from out/flops.json --peak                # + GFLOP/s, share of peak
+    python bench.py dcgan --flops --res 32 --json out/tiny_flops.json -- --g-ch 8 --d-ch 8
+    python bench.py dcgan --res 32 --batch 8 --steps 6 --log-every 2 --peak \\
+        --flops-from out/tiny_flops.json -- --g-ch 8 --d-ch 8         # both, tiny
     python bench.py --acceptance --json out/acceptance.json           # GPU: several minutes
     python bench.py --acceptance dcgan --device cpu --res 32 --batch 8 --steps 4 --log-every 2 \\
         --modes fp32 -- --g-ch 8 --d-ch 8                             # its CPU smoke run
@@ -84,6 +104,7 @@ COLUMNS = [
     "loader img/s",
 ]
 ACCEPTANCE_COLUMNS = COLUMNS[:-1] + ["GFLOPs/img", "TFLOP/s"]
+SHARE = "share of peak"  # the column that --peak adds
 ACCEPTANCE_MODES = ["fp32", "bf16", "bf16+compile"]
 # Flags that pin down work which would otherwise depend on the data; one table row per list, the
 # first is the model's figure.
@@ -134,14 +155,17 @@ def resolve_device(name, auto):
 def parse_header(text):
     """From the model's start line, `... | G 3.58M D 2.77M params | cpu fp32 | batch 64 ...`:
     {"G": 3.58e6, "D": 2.77e6, "device": "cpu", "precision": "fp32"}; missing fields are left
-    out."""
+    out. A reason after the precision, `| cpu bf16 (auto: this CPU has native bf16) | batch`, is
+    kept as "why"."""
     out = {}
     m = re.search(r"\| G ([\d.]+)M D ([\d.]+)M params \|", text)
     if m:
         out["G"], out["D"] = float(m.group(1)) * 1e6, float(m.group(2)) * 1e6
-    m = re.search(r"\| (\S+) (fp32|bf16|fp16) \| batch", text)
+    m = re.search(r"\| (\S+) (fp32|bf16|fp16)(?: \(([^|]*)\))? \| batch", text)
     if m:
         out["device"], out["precision"] = m.group(1), m.group(2)
+        if m.group(3) is not None:
+            out["why"] = m.group(3)
     return out
 
 
@@ -188,6 +212,7 @@ def bench_model(model, args, extra, out):
             "G": head.get("G"),
             "D": head.get("D"),
             "precision": head.get("precision"),
+            "precision_why": head.get("why"),
             "ms_step": ms,
             "img_s": img_s,
             "steps_timed": steps,
@@ -197,13 +222,22 @@ def bench_model(model, args, extra, out):
     return row
 
 
+def synchronizer(device):
+    """A function that waits for the work queued on `device` (a GPU runs asynchronously)."""
+    if device.type == "cuda":
+        return lambda: torch.cuda.synchronize(device)
+    if device.type == "mps":
+        return torch.mps.synchronize
+    return lambda: None
+
+
 def loader_speed(data, res, batch, device, n_batches=200):
     """img/s of common.Batches alone (decode cache already built), synchronised on CUDA; the first
     10 batches (page cache, allocator) are not timed."""
     batches = Batches(load_images(data, res, verbose=False), batch, device, seed=0)
     for _ in range(10):
         next(batches)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    sync = synchronizer(device)
     sync()
     t = time.perf_counter()
     for _ in range(n_batches):
@@ -407,6 +441,70 @@ def flops_table(rows, flop_batches):
     return markdown(columns, lines)
 
 
+def add_flop_rates(rows, flops, peaks=None):
+    """Timed rows (from bench_model) get, from their model's FLOP row in `flops` ({model: row},
+    from read_flops or flops_rows), gflops_img at their batch and the achieved tflop_s =
+    gflops_img * img_s / 1000; with `peaks` ({precision: GFLOP/s}, from measure_peaks) also
+    share_of_peak = achieved / the peak of their precision. Failed rows and models without a
+    FLOP figure are left as they are."""
+    for r in rows:
+        f = (flops or {}).get(r["model"])
+        if "error" in r or not f or "error" in f:
+            continue
+        r["gflops_img"] = gflops_at(f, r["batch"])
+        r["tflop_s"] = r["gflops_img"] * r["img_s"] / 1000
+        peak = (peaks or {}).get(r.get("precision"))
+        if peak:
+            r["share_of_peak"] = 1000 * r["tflop_s"] / peak
+    return rows
+
+
+# --- peak ---------------------------------------------------------------------------------------
+
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def peak_gflop_s(device, precision, size=4096, trials=5, min_seconds=0.05):
+    """The best matmul rate torch reaches on `device` in `precision`, in GFLOP/s: size x size
+    matmuls (2 size^3 FLOPs each), two for warm-up (kernel choice, clocks), then the best of
+    `trials` timed runs of as many as fill `min_seconds`. fp32 on CUDA runs as TF32, as the models
+    set it (torch.set_float32_matmul_precision("high"); restored after)."""
+    gen = torch.Generator().manual_seed(0)
+    a, b = (torch.randn(size, size, generator=gen).to(device, DTYPES[precision]) for _ in "ab")
+    out, sync = torch.empty_like(a), synchronizer(device)
+    old = torch.get_float32_matmul_precision()
+    if device.type == "cuda":
+        torch.set_float32_matmul_precision("high")
+    try:
+        for _ in range(2):
+            torch.matmul(a, b, out=out)
+        sync()
+        t = time.perf_counter()
+        torch.matmul(a, b, out=out)
+        sync()
+        reps = max(1, math.ceil(min_seconds / max(time.perf_counter() - t, 1e-9)))
+        best = math.inf
+        for _ in range(trials):
+            t = time.perf_counter()
+            for _ in range(reps):
+                torch.matmul(a, b, out=out)
+            sync()
+            best = min(best, (time.perf_counter() - t) / reps)
+    finally:
+        torch.set_float32_matmul_precision(old)
+    return 2 * size**3 / best / 1e9
+
+
+def measure_peaks(device, precisions, size):
+    """{precision: peak GFLOP/s} for each of `precisions` (peak_gflop_s), printed as it comes."""
+    where = f"{device}" + (f", {torch.get_num_threads()} threads" if device.type == "cpu" else "")
+    peaks = {}
+    for p in precisions:
+        peaks[p] = peak_gflop_s(device, p, size)
+        print(f"peak {p} on {where}: {fmt_rate(peaks[p])} GFLOP/s ({size}x{size} matmuls)")
+    return peaks
+
+
 # --- GPU acceptance -----------------------------------------------------------------------------
 
 
@@ -470,8 +568,8 @@ def read_flops(path, args, extra):
 
 
 def acceptance(args, models, extra, device):
-    """Every model in every --modes, timed; the torchrun and resume checks; FLOPs. Returns (rows,
-    checks, FLOP rows)."""
+    """Every model in every --modes, timed; the torchrun and resume checks; FLOPs; with --peak the
+    peak of each precision. Returns (rows, checks, FLOP rows, peaks or None)."""
     flops = read_flops(args.flops_from, args, extra) if args.flops_from else None
     rows = []
     with tempfile.TemporaryDirectory(prefix="acceptance_") as tmp:
@@ -500,12 +598,10 @@ def acceptance(args, models, extra, device):
     if flops is None:
         print(f"counting FLOPs on {device}", flush=True)
         flops = {r["model"]: r for r in flops_rows(models, args, extra, settings=1)}
-    for r in rows:
-        f = flops.get(r["model"], {})
-        if "error" not in r and "error" not in f and f:
-            r["gflops_img"] = gflops_at(f, r["batch"])
-            r["tflop_s"] = r["gflops_img"] * r["img_s"] / 1000
-    return rows, checks, list(flops.values())
+    precisions = dict.fromkeys(parse_mode(mode)[0] for mode in args.modes)
+    peaks = measure_peaks(device, precisions, args.peak_size) if args.peak else None
+    add_flop_rates(rows, flops, peaks)
+    return rows, checks, list(flops.values()), peaks
 
 
 # --- tables -------------------------------------------------------------------------------------
@@ -521,6 +617,25 @@ def fmt_params(n):
 
 def fmt_gflops(v):
     return "-" if v is None else f"{v:.4g}"
+
+
+def fmt_share(v):
+    return "-" if v is None else f"{100 * v:.2g}%" if v < 0.1 else f"{100 * v:.0f}%"
+
+
+def fmt_precision(r):
+    """A row's precision cell: `bf16`, `bf16 (auto)` when auto chose it, `bf16 (emulated)` where
+    the model said its CPU has no native bf16; `+compile` when compiled."""
+    why = r.get("precision_why") or ""
+    note = " (auto)" if why.startswith("auto") else " (emulated)" if "emulated" in why else ""
+    return (r["precision"] or "?") + note + ("+compile" if r.get("compile") else "")
+
+
+def speed_columns(peaks=None):
+    """The speed table's columns: COLUMNS with the achieved GFLOP/s after img/s, and with `peaks`
+    (--peak) its share of the peak."""
+    i = COLUMNS.index("img/s") + 1
+    return COLUMNS[:i] + ["GFLOP/s"] + ([SHARE] if peaks else []) + COLUMNS[i:]
 
 
 def markdown(columns, rows):
@@ -549,13 +664,15 @@ def markdown_table(rows, loader_img_s=None, columns=COLUMNS):
             "D params": fmt_params(r["D"]),
             "res": str(r["res"]),
             "batch": str(r["batch"]),
-            "precision": (r["precision"] or "?") + ("+compile" if r.get("compile") else ""),
+            "precision": fmt_precision(r),
             "ms/step": f"{r['ms_step']:.1f}",
             "img/s": fmt_rate(r["img_s"]),
             "peak mem": "-" if r["mem_gb"] is None else f"{r['mem_gb']:.2f} GB",
             "loader img/s": "-" if loader_img_s is None else f"{loader_img_s:.0f}",
             "GFLOPs/img": fmt_gflops(r.get("gflops_img")),
             "TFLOP/s": "-" if tflop_s is None else f"{tflop_s:.3g}",
+            "GFLOP/s": "-" if tflop_s is None else fmt_rate(1000 * tflop_s),
+            SHARE: fmt_share(r.get("share_of_peak")),
         }
         lines.append([cells[c] for c in columns])
     return markdown(columns, lines)
@@ -577,6 +694,14 @@ def device_name(device):
     return f"{cpu}, {os.cpu_count()} cores, {threads} torch threads, torch {torch.__version__}"
 
 
+def peak_note(peaks, size):
+    """The table's caption for --peak: each precision's peak, or nothing without --peak."""
+    if not peaks:
+        return ""
+    rates = ", ".join(f"{p} {fmt_rate(v)} GFLOP/s" for p, v in peaks.items())
+    return f"; peak ({size}x{size} matmuls, best of 5): {rates}"
+
+
 def write_json(path, record):
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     with open(path, "w") as f:
@@ -596,6 +721,10 @@ def main(argv=None):
         raise UserError(f"no model file for {missing} (found: {model_files()})")
     if args.flops and args.acceptance:
         raise UserError("--flops and --acceptance: choose one (--acceptance counts FLOPs too)")
+    if args.flops and (args.flops_from or args.peak):
+        raise UserError("--flops counts FLOPs; --flops-from and --peak go with a timed run")
+    if args.peak_size is not None and args.peak_size < 1:
+        raise UserError(f"--peak-size {args.peak_size}: a matrix size of at least 1")
     b1, b2 = args.flop_batches
     if b1 == b2 or min(b1, b2) < 2 or b1 % 2 or b2 % 2:
         raise UserError(
@@ -625,6 +754,8 @@ def main(argv=None):
         )
     device = resolve_device(args.device, auto)
     args.device = auto if args.device == "auto" else args.device
+    if args.peak_size is None:  # big enough that the matmul rate no longer grows with it
+        args.peak_size = 8192 if device.type == "cuda" else 2048
     command = "python bench.py " + " ".join(argv)
     start = time.time()
 
@@ -649,14 +780,16 @@ def main(argv=None):
         return 1 if any("error" in r for r in rows) else 0
 
     if args.acceptance:
-        rows, checks, flop_rows = acceptance(args, models, extra, device)
+        rows, checks, flop_rows, peaks = acceptance(args, models, extra, device)
         print(
             f"\n{command}\n{device_name(device)}; {args.steps} steps, the first {args.log_every} "
             f"dropped as warm-up; GFLOPs/img "
             + (f"from {args.flops_from}" if args.flops_from else f"counted on {device}")
+            + peak_note(peaks, args.peak_size)
             + f"; {time.time() - start:.0f} s in all\n"
         )
-        print(markdown_table(rows, columns=ACCEPTANCE_COLUMNS) + "\n")
+        columns = ACCEPTANCE_COLUMNS + ([SHARE] if peaks else [])
+        print(markdown_table(rows, columns=columns) + "\n")
         for c in checks:
             print(f"{'PASS' if c['ok'] else 'FAIL'} {c['check']}: {c['detail']}")
         if args.json:
@@ -668,10 +801,12 @@ def main(argv=None):
                     "rows": rows,
                     "checks": checks,
                     "flops": flop_rows,
+                    "peak_gflop_s": peaks,
                 },
             )
         return 0 if all("error" not in r for r in rows) and all(c["ok"] for c in checks) else 1
 
+    flops = read_flops(args.flops_from, args, extra) if args.flops_from else None  # before any run
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench_") as tmp:
         for m in models:
@@ -687,11 +822,17 @@ def main(argv=None):
                 flush=True,
             )
     loader = loader_speed(args.data, args.res, args.batch, device)
+    precisions = dict.fromkeys(r["precision"] for r in rows if r.get("precision"))
+    peaks = measure_peaks(device, precisions, args.peak_size) if args.peak else None
+    add_flop_rates(rows, flops, peaks)
     print(
         f"\n{command}\n{device_name(device)}; {args.steps} steps, the first {args.log_every} "
-        f"dropped as warm-up\n"
+        f"dropped as warm-up; GFLOP/s = GFLOPs/img "
+        + (f"from {args.flops_from} x img/s" if flops else "(no --flops-from) x img/s")
+        + peak_note(peaks, args.peak_size)
+        + "\n"
     )
-    print(markdown_table(rows, loader))
+    print(markdown_table(rows, loader, columns=speed_columns(peaks)))
     if args.json:
         write_json(
             args.json,
@@ -699,6 +840,8 @@ def main(argv=None):
                 "command": command,
                 "device": device_name(device),
                 "loader_img_s": loader,
+                "flops_from": args.flops_from,
+                "peak_gflop_s": peaks,
                 "rows": rows,
             },
         )
@@ -707,9 +850,9 @@ def main(argv=None):
 
 def get_args(argv=None):
     p = argparse.ArgumentParser(
-        description="Training speed of each model file (a markdown "
-        "table); with --flops its training FLOPs per image; "
-        "with --acceptance the GPU acceptance run.",
+        description="Training speed of each model file (a markdown table; with --flops-from its "
+        "GFLOP/s, with --peak its share of the matmul peak); with --flops its training FLOPs per "
+        "image; with --acceptance the GPU acceptance run.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
         epilog="Arguments after `--` are passed to every model.",
     )
@@ -767,7 +910,20 @@ def get_args(argv=None):
     p.add_argument(
         "--flops-from",
         metavar="JSON",
-        help="--acceptance: GFLOPs/img from this --flops --json file, not counted again",
+        help="GFLOPs/img from this --flops --json file (the GFLOP/s column; --acceptance: not "
+        "counted again)",
+    )
+    p.add_argument(
+        "--peak",
+        action="store_true",
+        help="measure the peak GFLOP/s of a matmul in each precision benched (the best rate torch "
+        "reaches here) and add each row's share of it",
+    )
+    p.add_argument(
+        "--peak-size",
+        type=int,
+        default=None,
+        help="--peak: rows and columns of the square matmuls; unset: 8192 on a GPU, 2048 else",
     )
     return p.parse_args(argv)
 

@@ -2,8 +2,8 @@
 Jeff Donahue, Karen Simonyan, 2018. arXiv:1809.11096.
 
 Paper -> code
-- the SA-GAN baseline: ResNet blocks, self-attention, spectral norm in G and D (sec. 3)
-                                             -> GBlock, DBlock, SelfAttention, SpectralNorm
+- the SA-GAN baseline (sec. 3): ResNet blocks, self-attention (SA-GAN eq. 1-3), spectral norm in
+  G and D (Miyato et al. 2018, Alg. 1)     -> GBlock, DBlock, SelfAttention, SpectralNorm
 - class-conditional BatchNorm in G, its gains and biases linear in [shared class embedding,
   z chunk]; hierarchical latent: one z chunk for the 4x4 input layer and one per block
   (sec. 3, "shared embedding", "hierarchical latent spaces"; appendix B)
@@ -23,30 +23,33 @@ Paper -> code
 - orthogonal init; Adam, lr G 5e-5, D 2e-4, betas (0, 0.999); 2 D steps per G step; EMA of G's
   weights (sec. 3, appendix C)               -> init_weights, train, get_args
 - "standing statistics": before sampling, G_ema's BatchNorm statistics are re-estimated from
-  batches of its own samples (as the author's code does it: BigGAN-PyTorch utils.py,
-  accumulate_standing_stats)                 -> standing_stats, load_generator, --standing-stats
+  batches of its own samples               -> standing_stats, load_generator, --standing-stats
 
-Not from the paper: what changes results
+Not from the paper: what changes results (from the author's code, BigGAN-PyTorch, where named)
 - Batch 64 with the paper's batch-2048 recipe (appendix C). Adam eps 1e-8 is not in the paper:
-  the author's code's default for these rates (BigGAN-PyTorch BigGAN.py:61, :288; utils.py:295).
-  The paper found the SA-GAN rates best at lower batch sizes; the author's launch scripts use them
-  with 1 D step and no orthogonal penalty (scripts/launch_BigGAN_bs256x8.sh:5-9). Here that is
-  --n-dis 1 --lr-g 1e-4 --lr-d 4e-4 --ortho-beta 0; the script's --ema_start 20000 is the default
-  here, its Adam eps 1e-6 is not a flag.
+  the code's default for these rates (BigGAN.py:61, :288; utils.py:295). The paper found the
+  SA-GAN rates best at lower batch sizes; the launch scripts use them with 1 D step and no
+  orthogonal penalty (scripts/launch_BigGAN_bs256x8.sh:5-9). Here that is --n-dis 1 --lr-g 1e-4
+  --lr-d 4e-4 --ortho-beta 0; the script's --ema_start 20000 is the default here, its Adam eps
+  1e-6 is not a flag.
 - Widths: --g-ch 64 gives G 16*ch = 1024 channels at 4x4 and 8x8, halving to 128 at 64x64;
-  --d-ch 64 gives D 64 channels at 64x64 up to 1024 at 4x4. SN eps 1e-6, as the launch scripts
-  (the code's default: 1e-8).
-- The orthogonal penalty is added to loss_G as the paper writes it; the author's code adds
-  2*beta*(W W^T (1-I)) W to the gradient, which is the gradient of half the penalty.
-- Standing statistics from 16 batches of 64 (the code's default count, utils.py:210), with
-  untruncated z whatever --truncation (sample.py's z_var 1); training grids use G_ema's running
-  statistics, copied from G. No cross-replica BatchNorm; one D forward on [real, fake] per D
-  step, as the author's code does.
+  --d-ch 64 gives D 64 channels at 64x64 up to 1024 at 4x4 (appendix B's pattern; at 32x32 the
+  code has 4*ch in every block, here 16, 8, 4 as at the other sizes). SN eps 1e-6, as the launch
+  scripts (the code's default: 1e-8). Self-attention's keys and values are max-pooled 2x2, as
+  layers.py's Attention (:159-160).
+- The orthogonal penalty is added to loss_G as the paper writes it; the code adds
+  2*beta*(W W^T (1-I)) W to the gradient, which is the gradient of half the penalty. As the code
+  (utils.py:646, ortho), it leaves out the shared class embedding and runs on the fp32 weights.
+- Standing statistics as utils.py's accumulate_standing_stats (:1108) with layers.py's myBN
+  compute them: the plain average over batches of each batch's mean and biased variance; from 16
+  batches of 64 (its default count), with untruncated z whatever --truncation (sample.py's
+  z_var 1) and uniform labels; training grids use G_ema's running statistics, copied from G. No
+  cross-replica BatchNorm; one D forward on [real, fake] per D step, as the code does.
 - Several attributes: each fake label's attributes are drawn independently and uniformly, as the
   paper draws its one class; standing statistics and unnamed --class attributes draw them from
   the training frequencies. D's spectral norm normalises the attributes' tables as one matrix.
 - EMA half-life --ema-kimg 444: the paper's decay 0.9999 per step, at batch 64. G_ema is a copy
-  of G for the first --ema-start 20000 steps (the author's launch scripts), then averages.
+  of G for the first --ema-start 20000 steps (the launch scripts), then averages, no ramp-up.
 Not from the paper: engineering
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
 - Standing statistics are computed once and kept in the cache folder ($GAN_CACHE_DIR, else
@@ -54,6 +57,10 @@ Not from the paper: engineering
   size, the device type and torch's version: a second --sample of a checkpoint starts in
   seconds, a changed checkpoint gets its own -> cached_standing_stats
 - Spectral norm's power iteration and the orthogonal penalty run in fp32 under autocast.
+- --sample and --init read BigGAN-PyTorch's weights (utils.py:687, save_weights: G.pth,
+  G_ema.pth, D.pth, and state_dict.pth, whose config holds nn.ReLU modules, the one class
+  rebuilt); its --G_shared --hier networks at 64, 128 and 256 are this file's. Nothing from a
+  file is executed                           -> read_biggan_pytorch
 
 Usage
     python biggan.py                                  # built-in toy faces (hair colours), 64x64
@@ -67,6 +74,8 @@ Usage
     python biggan.py --sample out/biggan-toy/ckpt.pt --standing-stats 0   # the stored statistics
     python biggan.py --sample out/biggan-toy/ckpt.pt --n 36 --truncation-sweep   # T 2 to 0.1
     python biggan.py --sample out/biggan-toy/ckpt.pt --n 16 --interp [--class 3]
+    python biggan.py --sample weights/exp/G_ema.pth --class 3   # BigGAN-PyTorch's files
+    python biggan.py --data ./faces --init weights/exp/G_ema.pth   # its G, G_ema, D; step 0
 """
 
 import argparse
@@ -77,6 +86,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -104,9 +114,9 @@ MODEL = "biggan"
 
 # --- model --------------------------------------------------------------------------------------
 
-# channel multipliers of ch per block: 128 and 256 as in appendix B (tables 4, 5); 32 and 64
-# follow the same pattern. G blocks double the resolution from 4x4; D blocks halve it down to
-# 4x4, then one more block at 4x4
+# channel multipliers of ch per block: 128 and 256 from appendix B (tables 4, 5); 32 and 64 in
+# the same pattern. G blocks double the resolution from 4x4; D blocks halve it down to 4x4, then
+# one more block at 4x4
 G_CH = {32: [16, 8, 4], 64: [16, 8, 4, 2], 128: [16, 8, 4, 2, 1], 256: [16, 8, 8, 4, 2, 1]}
 D_CH = {
     32: [2, 4, 8, 16],
@@ -136,8 +146,8 @@ def label_table(n_classes):
 
 class SpectralNorm:
     """Mixin for a layer with .weight: use W / sigma(W), with sigma from one power-iteration step
-    per training forward (Miyato et al. 2018). W is seen as (out, in*k*k); u persists as a buffer,
-    so the estimate improves across steps and is checkpointed. eps 1e-6 as in the author's code."""
+    per training forward (Miyato et al. 2018, Alg. 1). W is seen as (out, in*k*k); u persists as a
+    buffer, so the estimate improves across steps and is checkpointed. Normalisation eps 1e-6."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)  # the layer's own __init__, next in the MRO
@@ -146,12 +156,12 @@ class SpectralNorm:
     def sn_weight(self):
         with torch.autocast(self.weight.device.type, enabled=False):  # power iteration in fp32
             W = self.weight.flatten(1)  # (out, in*k*k)
-            with torch.no_grad():
+            with torch.no_grad():  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
                 v = F.normalize(W.t() @ self.u, dim=0, eps=1e-6)
                 u = F.normalize(W @ v, dim=0, eps=1e-6)
-                if self.training:
+                if self.training:  # the next forward starts from this u
                     self.u.copy_(u)
-            sigma = u @ W @ v  # gradient flows through W only, u and v are constants
+            sigma = u @ W @ v  # Alg. 1: sigma = u^T W v; the gradient flows through W only
         return self.weight / sigma
 
 
@@ -187,11 +197,12 @@ class SelfAttention(nn.Module):
         q = self.theta(x).flatten(2).transpose(1, 2)  # (B, HW, C/8)
         k = F.max_pool2d(self.phi(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/8)
         v = F.max_pool2d(self.g(x), 2).flatten(2).transpose(1, 2)  # (B, HW/4, C/2)
-        # SA-GAN's logits are plain dot products: no 1/sqrt(d) scaling. Under autocast the kernel
-        # still forms them and their softmax in fp32; only q, k, v and its output are bf16
+        # softmax over j of s_ij = q_i . k_j, weighting the v_j (SA-GAN eq. 1-2): plain dot
+        # products, no 1/sqrt(d). Under autocast the kernel forms the logits and their softmax in
+        # fp32; only q, k, v and its output are bf16
         h = F.scaled_dot_product_attention(q[:, None], k[:, None], v[:, None], scale=1.0)[:, 0]
         h = h.transpose(1, 2).reshape(B, -1, H, W)  # (B, HW, C/2) -> (B, C/2, H, W)
-        return x + self.gamma * self.o(h)  # (B, C, H, W)
+        return x + self.gamma * self.o(h)  # y = gamma o + x (SA-GAN eq. 3), (B, C, H, W)
 
 
 class ConditionalBatchNorm2d(nn.Module):
@@ -342,18 +353,18 @@ def loss_g(logits_fake):
 def ortho_penalty(G, beta):
     """beta * sum_W ||W W^T * (1 - I)||_F^2 over G's weights with W as (out, in*k*k) (sec. 3.1,
     eq. 3): filters are pushed apart in angle but their norms are left free. The shared class
-    embedding is left out, as in the author's code. ||W W^T||_F = ||W^T W||_F, and diag(W W^T)
-    holds the squared row norms, so the smaller Gram matrix suffices (the 4x4 input layer's W is
-    16384 x 24). In fp32 with autocast off wherever it is called, as the author's code (utils.py,
-    ortho) runs it on the fp32 weights: the penalty is the difference of two large sums, and a
-    bf16 Gram matrix keeps 8 significant bits per entry."""
+    embedding is left out. ||W W^T||_F = ||W^T W||_F, and diag(W W^T) holds the squared row
+    norms, so the smaller Gram matrix suffices (the 4x4 input layer's W is 16384 x 24). In fp32
+    with autocast off wherever it is called: the penalty is the difference of two large sums, and
+    a bf16 Gram matrix keeps 8 significant bits per entry."""
     total = 0.0
     for name, p in G.named_parameters():
         if p.ndim < 2 or name.startswith("shared."):
             continue
         with torch.autocast(p.device.type, enabled=False):
-            W = p.float().flatten(1)
-            gram = W.t() @ W if W.shape[0] > W.shape[1] else W @ W.t()
+            W = p.float().flatten(1)  # (out, in*k*k)
+            gram = W.t() @ W if W.shape[0] > W.shape[1] else W @ W.t()  # the smaller Gram matrix
+            # ||W W^T * (1 - I)||_F^2 = ||W W^T||_F^2 - sum of the squared diagonal (eq. 3)
             total = total + gram.square().sum() - W.square().sum(1).square().sum()
     return beta * total
 
@@ -414,8 +425,7 @@ def train(args):
     G.apply(init_weights)
     D.apply(init_weights)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    # appendix C: Adam with beta1 0 (no momentum), beta2 0.999; eps 1e-8 as the author's code has
-    # it for the paper's rates (BigGAN-PyTorch BigGAN.py:61 and :288, utils.py:295)
+    # Adam with beta1 0 (no momentum), beta2 0.999 (appendix C); eps 1e-8 (not in the paper)
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.999), eps=1e-8)
     opt_D = torch.optim.Adam(D.parameters(), lr=args.lr_d, betas=(0.0, 0.999), eps=1e-8)
     if run.ckpt is not None:  # a checkpoint from before class counts were kept
@@ -450,7 +460,7 @@ def train(args):
             z = torch.randn(B, args.z_dim, device=device)
             y_fake = random_labels(n_classes, B, device)
             # minimise the hinge loss E[max(0, 1 - D(x, y))] + E[max(0, 1 + D(G(z, y), y))]
-            # (sec. 3), one D forward on [real, fake]
+            # (sec. 3; SA-GAN eq. 4), one D forward on [real, fake]
             with run.autocast:
                 with torch.no_grad():
                     x_fake = G_train(z, y_fake)
@@ -463,7 +473,7 @@ def train(args):
             scaler_D.step(opt_D)
             scaler_D.update()
 
-        # (2) update G: minimise -E[D(G(z, y), y)] (sec. 3) + beta * R(W) (sec. 3.1, eq. 3)
+        # (2) update G: minimise -E[D(G(z, y), y)] (SA-GAN eq. 4) + beta * R(W) (sec. 3.1, eq. 3)
         z = torch.randn(B, args.z_dim, device=device)
         y_fake = random_labels(n_classes, B, device)
         with run.autocast:
@@ -496,16 +506,15 @@ def sample_z(n, z_dim, gen, truncation=None):
 
 @torch.no_grad()
 def standing_stats(G, n_batches, batch=64, seed=0):
-    """The paper's "standing statistics", as BigGAN-PyTorch's utils.accumulate_standing_stats and
-    its myBN layers compute them: G's BatchNorm running mean and variance are set to the plain
-    average, over n_batches forward passes of G's own samples, of each batch's per-channel mean
-    and biased variance (E[x^2] - E[x]^2 over the batch and the map). G_ema's running statistics
-    are copies of G's, the statistics of other weights; these are its own. z ~ N(0, I) untruncated,
-    whatever the truncation of the samples, as the author's sample.py draws it. Labels: uniform
-    over one attribute's classes, as the author's code; several attributes are drawn from their
-    training frequencies (G.classes, G.class_counts), as generate() draws them. Only the BatchNorm
-    layers run in training mode, so spectral norm's u vectors stay as they are. The same seed
-    gives the same statistics. Returns G in eval mode."""
+    """The paper's "standing statistics": G's BatchNorm running mean and variance are set to the
+    plain average, over n_batches forward passes of G's own samples, of each batch's per-channel
+    mean and biased variance (E[x^2] - E[x]^2 over the batch and the map). G_ema's running
+    statistics are copies of G's, the statistics of other weights; these are its own. z ~ N(0, I)
+    untruncated, whatever the truncation of the samples. Labels: uniform over one attribute's
+    classes; several attributes are drawn from their training frequencies (G.classes,
+    G.class_counts), as generate() draws them. Only the BatchNorm layers run in training mode, so
+    spectral norm's u vectors stay as they are. The same seed gives the same statistics. Returns
+    G in eval mode."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
     bns = [m for m in G.modules() if isinstance(m, nn.BatchNorm2d)]
     sums = {bn: 0.0 for bn in bns}  # per layer: (2, C), the batch means and variances summed
@@ -563,34 +572,147 @@ def cached_standing_stats(G, n_batches, batch=64):
     return G
 
 
-ARCH = (
-    "res",
-    "z_dim",
-    "g_ch",
-    "d_ch",
-    "shared_dim",
-    "attn_res",
-)  # the arguments that shape G and D
+ARCH = ("res", "z_dim", "g_ch", "d_ch", "shared_dim", "attn_res")  # the arguments that shape G, D
+BIGGAN_PYTORCH = re.compile(r"(G_ema|G|D|state_dict)(_[^.]*)?\.pth")  # utils.save_weights's names
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes",
-    "class_counts"}: what load_generator and --init read."""
-    ckpt = load_checkpoint(path, device)
-    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+    """A checkpoint of this file, or BigGAN-PyTorch's weights (read_biggan_pytorch), as {"args":
+    the sizes the file holds (ARCH), "G", "D", "G_ema", "classes"}: what load_generator and --init
+    read. Nothing in a file is executed: torch.load with weights_only=True."""
+    device = check_device(device)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    name = BIGGAN_PYTORCH.fullmatch(os.path.basename(path))
+    found = None if name and name[1] == "state_dict" else load_tensors(path, device)
+    if isinstance(found, dict) and "model" in found:
+        ckpt = load_checkpoint(path, device)
+        return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+    if name is None:
+        why = "nor a BigGAN-PyTorch G.pth, G_ema.pth, D.pth or state_dict.pth"
+        raise UserError(f"{path} is not a {MODEL} checkpoint {why}")
+    return read_biggan_pytorch(path, name, found, device)
+
+
+def load_tensors(path, device, allow=()):
+    """torch.load with weights_only=True: tensors and plain containers, and the torch classes in
+    `allow` rebuilt from their saved state; anything else is refused in one line."""
+    try:
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+
+
+def read_biggan_pytorch(path, name, found, device):
+    """ajbrock/BigGAN-PyTorch's weights, as its utils.save_weights writes them: G.pth, G_ema.pth
+    and D.pth (state dicts) and state_dict.pth (the training state; train.py's arguments in its
+    "config"), each name with the same suffix (e.g. G_ema_best0.pth); `path` is one of them (found:
+    its contents), the others are read from beside it where they are there. Their G must be
+    --G_shared --hier, as ours always is. Sizes come from the shapes; the config, where it is
+    readable with nothing rebuilt but the nn.ReLU modules train.py puts into it (not once
+    train.py's evaluation has stored its numpy scores there), is checked for what the shapes do
+    not show. Without a G, its sizes come from the command line. Classes are named by index: the
+    files name none."""
+    folder, suffix = os.path.dirname(path), name[2] or ""
+    files = {k: os.path.join(folder, f"{k}{suffix}.pth") for k in ("G", "G_ema", "D", "state_dict")}
+    nets, sizes = dict(G=None, G_ema=None, D=None), {}
+    for k in [k for k in nets if os.path.isfile(files[k])]:
+        sd = found if k == name[1] else load_tensors(files[k], device)
+        sd = {n.removeprefix("module."): v for n, v in (sd.items() if isinstance(sd, dict) else ())}
+        need = ("embed", "blocks.0.0.conv1") if k == "D" else ("linear", "blocks.0.0.bn1.gain")
+        if lacks := [n for n in need if n + ".weight" not in sd]:
+            raise UserError(f"{files[k]} is not a BigGAN-PyTorch {k[0]} (no {lacks[0]}.weight)")
+        if k != "D" and "shared.weight" not in sd:
+            raise UserError(f"{files[k]}: trained without --G_shared; {MODEL}.py's G has it")
+        nets[k], shapes = biggan_pytorch_keys(sd), biggan_pytorch_sizes(sd, k, files[k])
+        for s, v in shapes.items():  # G, G_ema and D must agree
+            if sizes.setdefault(s, v) != v:
+                raise UserError(f"{files[k]}: its {s} is {v}, the other files' {sizes[s]}")
+    if not any(sd is not None for sd in nets.values()):
+        raise UserError(f"{path}: no G{suffix}.pth, G_ema{suffix}.pth or D{suffix}.pth beside it")
+    config = {}
+    if os.path.isfile(files["state_dict"]):
+        with contextlib.suppress(UserError):
+            state = load_tensors(files["state_dict"], device, allow=[nn.ReLU])
+            config = state.get("config", {}) if isinstance(state, dict) else {}
+    for k, ours in (("norm_style", "bn"), ("BN_eps", 1e-5)):
+        if config.get(k, ours) != ours:
+            raise UserError(f"{files['state_dict']}: trained with --{k} {config[k]}; ours: {ours}")
+    if sizes["res"] not in G_CH:
+        builds = ", ".join(map(str, G_CH))
+        raise UserError(f"{path}: its networks are for {sizes['res']}px; {MODEL} builds {builds}")
+    n, a = sizes.pop("n_classes"), sizes
+    for k, sd in nets.items():
+        if sd is None:
+            continue
+        if k == "D":
+            net = Discriminator(a["res"], a["d_ch"], n, a["attn_res"])
+        else:
+            net = Generator(a["res"], a["z_dim"], a["g_ch"], n, a["shared_dim"], a["attn_res"])
+        try:
+            net.load_state_dict(sd)
+        except RuntimeError as e:  # the first line that says which layer differs, cut short
+            why = next((t.strip() for t in str(e).splitlines()[1:] if t.strip()), str(e))
+            why = why if len(why) < 150 else why[:147] + "..."
+            raise UserError(f"{files[k]}: not a network {MODEL}.py builds ({why})") from None
+    return dict(args=sizes, classes=[str(i) for i in range(n)], **nets)
+
+
+def biggan_pytorch_keys(sd):
+    """Their state dict -> ours: their blocks.i.0 is our blocks.i, the one blocks.i.1 our attn,
+    conv_sc our skip, output_layer our out, a BatchNorm's gain its weight and stored_mean/var
+    (bn.stored_* with --mybn, bn.running_* with --cross_replica) its running_mean/var; each
+    spectral-norm u0 (1, out) is our u (out,). Their u1.., sv0.. (more singular values, sigma as
+    logged) do not change the forward: W / sigma_0, sigma_0 from one power iteration from u0."""
+    ours = {}
+    for k, v in sd.items():
+        if re.search(r"\.(sv\d+|u[1-9]\d*|accumulation_counter|num_batches_tracked)$", k):
+            continue
+        k = re.sub(r"^blocks\.(\d+)\.0\.", r"blocks.\1.", re.sub(r"^blocks\.\d+\.1\.", "attn.", k))
+        k = k.replace("conv_sc.", "skip.").replace("output_layer.", "out.")
+        k = re.sub(r"\.(bn\.)?(stored|running)_(mean|var)$", r".running_\3", k)
+        k = re.sub(r"(bn\d\.)running_", r"\1bn.running_", k).replace("out.0.gain", "out.0.weight")
+        ours[k[:-1] if k.endswith(".u0") else k] = v.reshape(-1) if k.endswith(".u0") else v
+    for k in [k for k in ours if k.endswith("running_mean")]:  # BatchNorm2d's counter
+        ours[k.replace("running_mean", "num_batches_tracked")] = torch.tensor(0)
+    return ours
+
+
+def biggan_pytorch_sizes(sd, k, path):
+    """Our arguments from their G or D's shapes: res from the number of blocks, the widths from
+    the first layers, attn_res from the one block followed by attention (0: none)."""
+    blocks = {int(m[1]) for n in sd if (m := re.match(r"blocks\.(\d+)\.0\.", n))}
+    at = sorted({int(m[1]) for n in sd if (m := re.match(r"blocks\.(\d+)\.1\.", n))})
+    if len(at) > 1:
+        raise UserError(f"{path}: attention after {len(at)} blocks; {MODEL}.py builds one at most")
+    if k == "D":  # blocks halve res down to 4x4, then one more at 4x4
+        res = 2 << len(blocks)
+        d_ch = sd["blocks.0.0.conv1.weight"].shape[0] // D_CH.get(res, [1])[0]  # D_CH[res][0] ch
+        attn_res = res >> (at[0] + 1) if at else 0
+        return dict(res=res, d_ch=d_ch, n_classes=sd["embed.weight"].shape[0], attn_res=attn_res)
+    n, shared_dim = sd["shared.weight"].shape
+    z_chunk = sd["linear.weight"].shape[1]  # one of len(blocks) + 1 equal chunks
+    if sd["blocks.0.0.bn1.gain.weight"].shape[1] != shared_dim + z_chunk:
+        raise UserError(f"{path}: trained without --hier; {MODEL}.py's G splits z over its blocks")
+    g_ch = sd["linear.weight"].shape[0] // (16 * 4 * 4)  # 16 ch channels at 4x4
+    a = dict(res=4 << len(blocks), z_dim=z_chunk * (len(blocks) + 1), g_ch=g_ch)
+    return a | dict(shared_dim=shared_dim, n_classes=n, attn_res=8 << at[0] if at else 0)
 
 
 def load_generator(path, device="cpu", standing=16, batch=64):
-    """Checkpoint -> G_ema in eval mode, with .res, .z_dim, .classes and .class_counts for
-    generate(). Its BatchNorm statistics are standing statistics from `standing` batches of
-    `batch` samples, computed on the first load and then read from the cache folder
+    """Checkpoint -> G_ema (G where it has none) in eval mode, with .res, .z_dim, .classes and
+    .class_counts for generate(). Its BatchNorm statistics are standing statistics from `standing`
+    batches of `batch` samples, computed on the first load and then read from the cache folder
     (cached_standing_stats); standing=0 keeps the ones stored in the checkpoint."""
     ckpt = read_weights(path, device)
+    if ckpt["G_ema"] is None and ckpt["G"] is None:
+        raise UserError(f"{path} holds no generator")
     a, n_classes = ckpt["args"], [len(values) for _, values in attributes(ckpt["classes"])]
     G = Generator(a["res"], a["z_dim"], a["g_ch"], n_classes, a["shared_dim"], a["attn_res"])
-    G.load_state_dict(ckpt["G_ema"])
+    G.load_state_dict(ckpt["G_ema"] if ckpt["G_ema"] is not None else ckpt["G"])
     G.classes = ckpt["classes"]
-    # checkpoints from before class counts were kept: uniform
+    # checkpoints from before class counts were kept, and BigGAN-PyTorch's: uniform
     G.class_counts = ckpt.get("class_counts", [[1] * n for n in n_classes])
     G = G.to(device).eval().requires_grad_(False)
     return cached_standing_stats(G, standing, batch) if standing else G
@@ -786,8 +908,8 @@ def sample(args):
     device, standing = setup_device(args.device)[0], args.standing_stats
     if standing < 0:
         raise UserError(f"--standing-stats {standing}: a number of batches (0: none)")
-    G = load_generator(args.sample, device, standing=0)  # standing statistics below, once the
-    # arguments are checked
+    # the stored statistics first: the standing ones are computed below, once --class is checked
+    G = load_generator(args.sample, device, standing=0)
     nrow, tag, attrs = math.ceil(math.sqrt(args.n)), f"seed{args.seed}", attributes(G.classes)
     y = torch.arange(args.n) // nrow % len(G.classes) if len(attrs) == 1 else None  # a class a row
     if args.class_name is not None and G.sizes == [1]:
@@ -814,6 +936,11 @@ def sample(args):
     print(path)
 
 
+# bf16 on a CPU: channels_last measured slower for this model's G and D step, 64x64 (fp32 NCHW = 1x:
+# 1.86x vs NCHW's 1.98x; README, CPU table). fp32 stays NCHW on a CPU: the same numbers as before
+CPU_CHANNELS_LAST = False
+
+
 # --- plumbing: the same in every model file (a test checks); skip it on a first read -------------
 
 
@@ -825,12 +952,14 @@ class Run:
         self.args, self.ckpt = start_or_resume(args)
         self.device, self.rank, self.world = setup_device(self.args.device)
         self.say = print if self.rank == 0 else (lambda *text, **kw: None)
-        bf16 = is_cuda(self.device) and torch.cuda.is_bf16_supported()  # auto: bf16 if it can
-        self.precision = self.args.precision.replace("auto", "bf16" if bf16 else "fp32")
+        self.precision, self.why = choose_precision(self.args.precision, self.device)
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.autocast = torch.autocast(self.device.type, dtype, enabled=dtype is not None)
-        # channels_last: convolutions on tensor cores without layout transposes
-        self.layout = torch.channels_last if is_cuda(self.device) else torch.contiguous_format
+        # channels_last: convolutions without layout transposes, on tensor cores (CUDA) or in
+        # oneDNN's bf16 kernels (a CPU in bf16, where this model measured faster: CPU_CHANNELS_LAST)
+        cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"
+        fast = is_cuda(self.device) or (cpu_bf16 and CPU_CHANNELS_LAST)
+        self.layout = torch.channels_last if fast else torch.contiguous_format
         # one GradScaler per optimizer: fp16 needs loss scaling, bf16 and fp32 do not
         fp16 = self.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -901,7 +1030,7 @@ class Run:
         n = {k: sum(p.numel() for p in self.state[k].parameters()) / 1e6 for k in "GD"}
         self.say(
             f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | G {n['G']:.2f}M D {n['D']:.2f}M"
-            f" params | {self.device} {self.precision} | batch {a.batch} on {self.world}"
+            f" params | {self.device} {self.precision} ({self.why}) | batch {a.batch} on {self.world}"
             f" process(es) | out {out}"
         )
         main = threading.current_thread() is threading.main_thread()  # handlers only there
@@ -1022,6 +1151,24 @@ def setup_device(name):
         nccl = device.type == "cuda"
         dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
     return device, rank, world
+
+
+def choose_precision(asked, device):
+    """--precision -> (fp32, bf16 or fp16; why, for the start line). auto: bf16 where autocast has
+    native bf16 kernels (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, as torch
+    reports it), else fp32. bf16 asked on a CPU without them runs emulated: slower than fp32."""
+    if is_cuda(device):
+        native, where = torch.cuda.is_bf16_supported(), "this GPU"
+    else:  # oneDNN's bf16 kernels need AVX512-BF16 or AMX tiles: torch.cpu's own probes
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = device.type == "cpu" and any(getattr(torch.cpu, p, bool)() for p in probes)
+        where = f"this {device.type.upper()}"
+    if asked == "auto":
+        has = "has" if native else "has no"
+        return ("bf16" if native else "fp32"), f"auto: {where} {has} native bf16"
+    if asked == "bf16" and device.type == "cpu" and not native:
+        return asked, f"{where} has no native bf16: emulated, slower than fp32"
+    return asked, "as asked"
 
 
 def check_device(name, local_rank=None):
@@ -1195,7 +1342,12 @@ def shared_flags(
     )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
+    add(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype; auto: bf16 where the GPU or CPU has native bf16 kernels, else fp32",
+    )
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
     add(
@@ -1235,7 +1387,7 @@ def get_args(argv=None):
         lr_g=5e-5,
         lr_d=2e-4,
         ema_kimg=444.0,
-        ema_rampup=0.0,  # the author's code: G_ema = G until --ema-start, no ramp-up
+        ema_rampup=0.0,  # G_ema = G until --ema-start, then the full half-life: no ramp-up
         truncation="redraw z entries beyond |T| (a bound on z: the truncation trick, sec. 3.1)",
     )
     add, pos_int = p.add_argument, positive(int)

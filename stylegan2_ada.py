@@ -56,6 +56,19 @@ Not from the paper: engineering
   demodulation, the RGB skip image, mapping, 4x4 layers, augmentation, R1 and path length (the last
   two eager under --compile). fp16: the modulated conv pre-normalises weights and styles (official).
 - Devices, DDP start-up, atomic checkpoints, resume: the plumbing block, as in every file.
+- Official files: names and layouts as stylegan2-ada-pytorch's networks.py and legacy.py (TF:
+  transposed weights, the flipped upsampling conv, styles' bias + 1); mapping layers stored at
+  another lr multiplier are rescaled to ours, 0.01. The file's conv_clamp, num_fp16_res and
+  w_avg_beta are not used (ours: 256, 4, 0.995); a TF D without mbstd_group_size gets the TF
+  code's 4 (legacy.py: the whole batch).
+
+Starting from a trained model: --sample FILE and --init FILE also read stylegan2-ada-pytorch
+network pickles (network-snapshot-*.pkl, the published .pkl files) and TensorFlow StyleGAN2 /
+StyleGAN2-ADA pickles (G, D, Gs), sizes from the file's init_kwargs / static_kwargs, nothing in
+the file run; a network this file does not build (StyleGAN3, a StyleGAN2 'orig' or 'resnet' G,
+other channel rules or activations) is one line               -> read_weights, read_reference
+--freeze-d N: FreezeD (Mo et al. 2020), D's first N layers fixed while fine-tuning, counted as
+the official train.py --freezed counts them                                        -> freeze_d
 
 Usage
     python stylegan2_ada.py                          # built-in toy faces, 64x64, conditional
@@ -68,15 +81,20 @@ Usage
     python stylegan2_ada.py --sample out/stylegan2_ada-faces/ckpt.pt --n 64 [--class blonde]
         [--class hair=blonde,eyes=blue]   # several attributes: any subset, the rest drawn
         [--truncation 0.7 [--truncation-cutoff 8]] [--interp | --mixing]
+    python stylegan2_ada.py --sample network-snapshot-001000.pkl   # an official pickle, or TF's
+    python stylegan2_ada.py --data ./faces --res 256 --init ffhq-res256.pkl --freeze-d 10
 """
 
 import argparse
+import collections
 import contextlib
 import copy
 import io
 import json
 import math
 import os
+import pickle
+import re
 import signal
 import sys
 import threading
@@ -618,9 +636,22 @@ def auto_config(args):
 
 def lazy_adam(module, lr, interval):
     """Adam (0, 0.99) for a network regularised every k = `interval` steps on a step of its own:
-    lr * k/(k+1), beta ** (k/(k+1)) (StyleGAN2 appendix B)."""
+    lr * k/(k+1), beta ** (k/(k+1)) (StyleGAN2 appendix B). Frozen parameters are left out."""
     r = interval / (interval + 1)
-    return torch.optim.Adam(module.parameters(), lr=lr * r, betas=(0.0, 0.99**r), eps=1e-8)
+    params = [p for p in module.parameters() if p.requires_grad]
+    return torch.optim.Adam(params, lr=lr * r, betas=(0.0, 0.99**r), eps=1e-8)
+
+
+def freeze_d(D, n):
+    """FreezeD (Mo et al. 2020): D's first n layers keep their weights while fine-tuning (no
+    gradient, not in Adam). Layers count as the official --freezed counts them (networks.py
+    DiscriminatorBlock): fromrgb, conv0, conv1, skip at the highest resolution, then conv0, conv1,
+    skip of each lower block; not the 4x4 epilogue or the label mapping."""
+    layers = [m for b in D.blocks for m in (b.fromrgb, b.conv0, b.conv1, b.skip) if m is not None]
+    if n > len(layers):
+        raise UserError(f"--freeze-d {n}: D has {len(layers)} layers (1 + 3 per resolution)")
+    for m in layers[:n]:
+        m.requires_grad_(False)
 
 
 class ADA:
@@ -694,12 +725,14 @@ def label_sizes(classes):
 
 
 def networks(args, n_classes, device):
-    """G, D and G_ema for these args, with rank 0's weights on every process (what DDP would do)."""
+    """G, D (its first --freeze-d layers frozen) and G_ema for these args, with rank 0's weights on
+    every process (what DDP would do)."""
     G = Generator(
         args.res, args.z_dim, args.w_dim, n_classes, args.cbase, args.cmax, args.map_layers
     ).to(device)
     D = Discriminator(args.res, n_classes, args.cbase, args.cmax, mbstd_group=args.mbstd_group)
     D = D.to(device)
+    freeze_d(D, args.freeze_d)
     if dist.is_initialized():
         for t in [*G.parameters(), *G.buffers(), *D.parameters(), *D.buffers()]:
             dist.broadcast(t.data, 0)
@@ -807,6 +840,7 @@ def train(args):
             opt_G.step()
             pl_last = penalty.detach().mean()
         D.requires_grad_(True)
+        freeze_d(D, args.freeze_d)  # FreezeD's layers stay frozen
 
         update_ema(G_ema, G, ema_beta(args.batch, ema_half_life(step, args)))
 
@@ -957,8 +991,14 @@ ARCH = (
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema", "classes",
-    "class_counts"}: what load_generator and --init read."""
+    """A checkpoint of this file (a torch.save zip, read with weights_only=True) or an official
+    network pickle (read_reference, the next section) as {"args": the sizes (ARCH), "G", "D",
+    "G_ema", "classes"[, "class_counts"]}: what load_generator and --init read."""
+    device = check_device(device)
+    if os.path.isfile(path):
+        with open(path, "rb") as f:
+            if f.read(4) != b"PK\x03\x04":  # not a zip: a pickle
+                return read_reference(path)
     ckpt = load_checkpoint(path, device)
     return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
 
@@ -977,7 +1017,7 @@ def load_generator(path, device="cpu"):
         a["cmax"],
         a["map_layers"],
     ).to(device)
-    G.load_state_dict(ckpt["G_ema"])
+    G.load_state_dict(ckpt["G_ema"] if ckpt["G_ema"] is not None else ckpt["G"])  # no EMA: G
     G.classes, G.truncation_cutoff = ckpt["classes"], None
     # checkpoints from before attribute labels have no counts: uniform
     uniform = [[1] * len(values) for _, values in attributes(G.classes)]
@@ -1110,6 +1150,338 @@ def sample(args):
     print(path)
 
 
+# --- the official files: stylegan2-ada-pytorch and TensorFlow StyleGAN2 network pickles ---------
+# Nothing in a file runs: SafeUnpickler resolves only the globals in SAFE, each to a function here
+# that makes tensors, numbers or plain records. The module source that NVlabs pickles carry (and
+# their own loaders execute) stays an unread string.
+
+
+class Persistent(dict):
+    """torch_utils.persistence._reconstruct_persistent_obj(meta): a stylegan2-ada-pytorch network
+    as its meta dict, {class_name, state: the nn.Module's __dict__ (_parameters, _buffers,
+    _modules, _init_kwargs), module_src (not read), ...}."""
+
+
+class TFNetwork:
+    """dnnlib.tflib.network.Network: its pickled state as attributes (version, static_kwargs,
+    components, variables: [(name, numpy array)], ...)."""
+
+
+class EasyDict(dict):
+    """dnnlib's EasyDict (the official kwargs) as a dict."""
+
+
+class NPDtype:
+    """numpy.dtype(code, align, copy) and its state (byte order): numbers only."""
+
+    def __init__(self, code, align=False, copy=True):
+        codes = dict(f2=torch.float16, f4=torch.float32, f8=torch.float64, i4=torch.int32,
+                     i8=torch.int64, u1=torch.uint8, b1=torch.bool)  # fmt: skip
+        self.torch, self.order = codes[code], "<"
+
+    def __setstate__(self, state):
+        self.order = state[1]
+
+
+class NPArray:
+    """numpy's _reconstruct(ndarray, (0,), b'b'), then its state (version, shape, dtype, Fortran
+    order, bytes): the values as .tensor."""
+
+    def __setstate__(self, state):
+        _, shape, dtype, fortran, raw = state
+        if fortran or dtype.order == ">":
+            raise ValueError("a numpy array not in C order or not little-endian")
+        self.tensor = torch.frombuffer(bytearray(raw), dtype=dtype.torch).reshape(shape)
+
+
+def np_scalar(dtype, raw):  # numpy.float64(...) and the like -> a Python number
+    return torch.frombuffer(bytearray(raw), dtype=dtype.torch).item()
+
+
+def storage_from_bytes(data):  # a torch.save stream (the original: torch.load without weights_only)
+    return torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+
+
+SAFE = {  # every global an official file may name, and what it becomes here
+    ("collections", "OrderedDict"): collections.OrderedDict,
+    ("builtins", "set"): set,
+    ("_codecs", "encode"): lambda text, encoding="latin1": text.encode("latin-1"),  # protocol 2
+    ("torch._utils", "_rebuild_tensor_v2"): torch._utils._rebuild_tensor_v2,
+    ("torch._utils", "_rebuild_parameter"): torch._utils._rebuild_parameter,
+    ("torch.storage", "_load_from_bytes"): storage_from_bytes,
+    ("torch_utils.persistence", "_reconstruct_persistent_obj"): Persistent,
+    ("dnnlib.tflib.network", "Network"): TFNetwork,
+    ("dnnlib.util", "EasyDict"): EasyDict,
+    ("numpy", "dtype"): NPDtype,
+    ("numpy", "ndarray"): NPArray,
+}
+for np_core in ("numpy.core", "numpy._core"):  # numpy 1 and 2
+    SAFE[np_core + ".multiarray", "_reconstruct"] = lambda *args: NPArray()
+    SAFE[np_core + ".multiarray", "scalar"] = np_scalar
+
+
+class SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):  # every global the pickle names comes through here
+        if (module, name) not in SAFE:
+            raise UserError(f"refused global {module}.{name}; nothing in the file was run")
+        return SAFE[module, name]
+
+
+# the official networks' settings, named here: (stylegan2-ada-pytorch's init_kwargs key, the TF
+# networks' static_kwargs key, the default[, legacy.py's TF default where it differs])
+G_CONFIG = {
+    "z_dim": ("z_dim", "latent_size", 512),
+    "c_dim": ("c_dim", "label_size", 0),
+    "w_dim": ("w_dim", "dlatent_size", 512),
+    "res": ("img_resolution", "resolution", 1024),
+    "channels": ("img_channels", "num_channels", 3),
+    "map_layers": ("mapping_kwargs.num_layers", "mapping_layers", 8),
+    "embed": ("mapping_kwargs.embed_features", "label_fmaps", None),
+    "map_width": ("mapping_kwargs.layer_features", "mapping_fmaps", None),
+    "map_act": ("mapping_kwargs.activation", "mapping_nonlinearity", "lrelu"),
+    "lr_mul": ("mapping_kwargs.lr_multiplier", "mapping_lrmul", 0.01),
+    "cbase": ("synthesis_kwargs.channel_base", "fmap_base", 32768, 16384),  # TF: x2 (legacy.py)
+    "cmax": ("synthesis_kwargs.channel_max", "fmap_max", 512),
+    "architecture": ("synthesis_kwargs.architecture", "architecture", "skip"),
+    "filter": ("synthesis_kwargs.resample_filter", "resample_kernel", FIR),
+    "noise": ("synthesis_kwargs.use_noise", "use_noise", True),
+    "act": ("synthesis_kwargs.activation", "nonlinearity", "lrelu"),
+}
+D_CONFIG = {
+    "c_dim": ("c_dim", "label_size", 0),
+    "res": ("img_resolution", "resolution", 1024),
+    "channels": ("img_channels", "num_channels", 3),
+    "architecture": ("architecture", "architecture", "resnet"),
+    "cbase": ("channel_base", "fmap_base", 32768, 16384),
+    "cmax": ("channel_max", "fmap_max", 512),
+    "cmap": ("cmap_dim", "mapping_fmaps", None),
+    "act": ("block_kwargs.activation", "nonlinearity", "lrelu"),
+    "filter": ("block_kwargs.resample_filter", "resample_kernel", FIR),
+    "map_layers": ("mapping_kwargs.num_layers", "mapping_layers", 8, 0),
+    "embed": ("mapping_kwargs.embed_features", "mapping_fmaps", None),
+    "map_width": ("mapping_kwargs.layer_features", "mapping_fmaps", None),
+    "map_act": ("mapping_kwargs.activation", "nonlinearity", "lrelu"),
+    "lr_mul": ("mapping_kwargs.lr_multiplier", "mapping_lrmul", 0.01, 0.1),
+    # TF: the TF networks' own default (legacy.py's None, the whole batch, is not theirs)
+    "mbstd_group": ("epilogue_kwargs.mbstd_group_size", "mbstd_group_size", 4),
+    "mbstd_channels": ("epilogue_kwargs.mbstd_num_channels", "mbstd_num_features", 1),
+    "out_act": ("epilogue_kwargs.activation", "nonlinearity", "lrelu"),
+}
+# TF settings that leave the function as it is (precision, truncation, training): skipped
+TF_IGNORED = set(
+    "w_avg_beta num_fp16_res conv_clamp truncation_psi truncation_cutoff style_mixing_prob"
+    " structure freeze_layers".split()
+)
+
+
+def tf_noise(i):  # noise i: 4x4 conv1 (i = 0), then conv0 (i odd) and conv1 (i even) per resolution
+    return f"synthesis.b{2 ** ((i + 5) // 2)}.conv{1 - i % 2}.noise_const"
+
+
+# TF variable -> official name, as legacy.py converts them (G's, then D's)
+TF_NAMES = [
+    (r"dlatent_avg", "mapping.w_avg"),
+    (r"(mapping/)?LabelEmbed/", "mapping.embed."),
+    (r"mapping/Dense(\d+)/", r"mapping.fc\1."),
+    (r"Mapping(\d+)/", r"mapping.fc\1."),
+    (r"synthesis/4x4/Const/", "synthesis.b4."),
+    (r"synthesis/4x4/Conv/", "synthesis.b4.conv1."),
+    (r"synthesis/noise(\d+)", lambda m: tf_noise(int(m[1]))),
+    (
+        r"(synthesis/)?(\d+)x\d+/(Conv0|Conv1|ToRGB|FromRGB|Skip)(_up|_down)?/",
+        lambda m: f"{'synthesis.' if m[1] else ''}b{m[2]}.{m[3].lower()}.",
+    ),  # fmt: skip
+    (r"4x4/Conv/", "b4.conv."),
+    (r"4x4/Dense0/", "b4.fc."),
+    (r"Output/", "b4.out."),
+]
+
+
+def official_config(table, kwargs, tf=False):
+    """A network's settings (G_CONFIG, D_CONFIG) from stylegan2-ada-pytorch's init_kwargs, or (tf)
+    from a TF network's static_kwargs, each with its code's default."""
+    if tf and (unknown := set(kwargs) - {row[1] for row in table.values()} - TF_IGNORED):
+        raise UserError(f"an unknown TensorFlow network setting {sorted(unknown)[0]}")
+    config = {}
+    for name, (key, tf_key, default, *tf_default) in table.items():
+        found, (*parents, key) = kwargs, key.split(".")
+        for p in parents:  # e.g. synthesis_kwargs.channel_base
+            found = found.get(p) or {}
+        if tf:
+            config[name] = kwargs.get(tf_key, [*tf_default, default][0])
+        else:
+            config[name] = found.get(key, default)
+    config["cbase"] *= 2 if tf else 1  # TF: min(fmap_base / 2^(log2 r - 1), fmap_max) at r
+    return config
+
+
+def read_pytorch(data):
+    """A stylegan2-ada-pytorch pickle's dict -> G's settings, D's (or None), official state dicts."""
+    G, D = data.get("G_ema", data.get("G")), data.get("D")
+    g = official_config(G_CONFIG, G["state"]["_init_kwargs"])
+    synthesis = G["state"]["_modules"]["synthesis"]["state"]["_modules"]  # StyleGAN3: input, L0_..
+    g["kind"] = ("StyleGAN3 " if "input" in synthesis else "StyleGAN2 ") + G["class_name"]
+    d = None if D is None else official_config(D_CONFIG, D["state"]["_init_kwargs"])
+    if d is not None:
+        d["kind"] = "StyleGAN2 " + D["class_name"]
+    return g, d, {k: data.get(k) and pytorch_tensors(data[k]) for k in ("G", "D", "G_ema")}
+
+
+def pytorch_tensors(rec, prefix=""):
+    """A persistence record's parameters and buffers by their official state_dict names (FreezeD
+    keeps frozen layers' weights as buffers: both are read)."""
+    groups = rec["state"]["_parameters"], rec["state"]["_buffers"]
+    out = {prefix + k: v for group in groups for k, v in group.items() if v is not None}
+    for k, m in rec["state"]["_modules"].items():
+        out |= pytorch_tensors(m, f"{prefix}{k}.") if m is not None else {}
+    return out
+
+
+def read_tf(data):
+    """A TF pickle's (G, D, Gs) -> G's settings, D's, official state dicts, as legacy.py reads it."""
+    tables = G_CONFIG, D_CONFIG, G_CONFIG
+    g, d, _ = [official_config(t, n.static_kwargs, tf=True) for t, n in zip(tables, data)]
+    g["kind"], d["kind"] = "StyleGAN2 Generator", "StyleGAN2 Discriminator"
+    return g, d, {k: tf_tensors(n) for k, n in zip(("G", "D", "G_ema"), data)}
+
+
+def tf_tensors(net, prefix=""):
+    """A TF network's variables by their official names (TF_NAMES), converted as legacy.py does:
+    dense weights transposed, conv weights [k, k, in, out] -> [out, in, k, k] (G's upsampling
+    conv0 flipped), styles' bias + 1, the const and noise inputs without their batch axes."""
+    if net.version < 4:
+        raise UserError("a TensorFlow pickle older than StyleGAN2 (Network version < 4)")
+    out = {}
+    for name, array in net.variables:
+        name = prefix + name
+        if m := re.match(r"(synthesis/)?(ToRGB|FromRGB)_lod", name):
+            raise UserError(f"its {m[2]}_lod variables make it the 'orig' network")
+        for pattern, rename in TF_NAMES:
+            if m := re.match(pattern, name):
+                break
+        else:
+            continue  # as legacy.py: a variable it has no name for is left out
+        name = (rename(m) if callable(rename) else m.expand(rename)) + name[m.end() :]
+        name = name.replace("mod_weight", "affine.weight").replace("mod_bias", "affine.bias")
+        t = array.tensor.float()
+        if name.endswith("noise_const"):
+            t = t[0, 0]
+        elif name.endswith(".const"):
+            t = t[0]
+        elif name.endswith("affine.bias"):
+            t = t + 1
+        elif name.endswith("weight") and t.dim() == 2:
+            t = t.t()
+        elif name.endswith("weight"):
+            t = t.flip(0, 1) if re.match(r"synthesis\.b\d+\.conv0", name) else t
+            t = t.permute(3, 2, 0, 1)
+        out[name] = t
+    for k, component in net.components.items():
+        out |= tf_tensors(component, f"{prefix}{k}/")
+    return out
+
+
+def check_official(g, d):
+    """One line for the first setting of the file's G (g) and D (d; None: it has none) that this
+    file does not build."""
+    w, c4, c_dim, res = g["w_dim"], min(g["cbase"] // 4, g["cmax"]), g["c_dim"], g["res"]
+    nets = [g] if d is None else [g, d]
+    acts = {n[k] for n in nets for k in ("act", "map_act", "out_act") if k in n}
+    wants = [  # (what, the file's, this file's)
+        ("G", g["kind"], "StyleGAN2 Generator"),
+        ("D", d and d["kind"], d and "StyleGAN2 Discriminator"),
+        ("resolution", res, res if 32 <= res <= 1024 and res & (res - 1) == 0 else "32 to 1024"),
+        ("label size c_dim", c_dim, c_dim if c_dim != 1 else "0 (unconditional) or 2 and up"),
+        ("G architecture", g["architecture"], "skip"),
+        ("D architecture", d and d["architecture"], d and "resnet"),
+        ("image channels", {n["channels"] for n in nets}, {3}),
+        ("resampling filter", {tuple(n["filter"]) for n in nets}, {tuple(FIR)}),
+        ("G noise inputs", g["noise"], True),
+        ("activations", acts, {"lrelu"}),
+        ("G mapping widths", {g["embed"] or w, g["map_width"] or w}, {w}),
+        ("D minibatch std channels", d and d["mbstd_channels"], d and 1),
+        *[(f"D {k} (G's: {g[k]})", d[k], g[k]) for k in ("res", "c_dim", "cbase", "cmax") if d],
+    ]
+    if d is not None and c_dim:  # the label projection: 8 layers of the 4x4 width
+        widths = {d["cmap"] or c4, d["embed"] or c4, d["map_width"] or c4}
+        wants += [("D label mapping layers", d["map_layers"], 8), ("D label widths", widths, {c4})]
+    for what, theirs, ours in wants:
+        if theirs != ours:
+            raise UserError(f"its {what}: {theirs}; {MODEL}.py builds {ours}")
+
+
+def our_names(sd, res, lr_mul):
+    """Official state_dict names -> ours: mapping.fc{i} -> mapping.net.{i} (weights and biases
+    rescaled from their lr multiplier to our 0.01: the same function), G's synthesis.b{r} ->
+    blocks.{log2 r - 2}, D's b{r} -> blocks.{log2 res - log2 r} and its 4x4 epilogue b4.conv, fc,
+    out -> conv, fc, out; the FIR filters (constants) dropped."""
+    n = res.bit_length() - 3  # G's blocks: 4x4 (0) to res (n); D's: res (0) to 8x8 (n - 1)
+    prefixes = {f"synthesis.b{4 << i}.": f"blocks.{i}." for i in range(n + 1)}
+    prefixes |= {f"b{res >> i}.": f"blocks.{i}." for i in range(n)} | {"b4.": ""}
+    out = {}
+    for k, v in sd.items():
+        if k.endswith("resample_filter"):
+            continue
+        if re.match(r"mapping\.fc\d+\.", k):
+            k, v = "mapping.net." + k.removeprefix("mapping.fc"), v * (lr_mul / 0.01)
+        old = next((p for p in prefixes if k.startswith(p)), "")
+        out[prefixes.get(old, "") + k[len(old) :]] = v.detach().float().contiguous()
+    return out
+
+
+def fit(name, module, sd):
+    """sd checked against our module's names and shapes: the first difference is one line. A w_avg
+    the file lacks (D's label mapping keeps one here, unused) is zeros."""
+    want = module.state_dict()
+    if "mapping.w_avg" in want:
+        sd.setdefault("mapping.w_avg", torch.zeros(want["mapping.w_avg"].shape))
+    for k in sorted(want.keys() | sd.keys()):
+        theirs = list(sd[k].shape) if k in sd else "absent"
+        ours = list(want[k].shape) if k in want else "absent"
+        if theirs != ours:
+            raise UserError(f"its {name}'s {k} is {theirs}; in {MODEL}.py {ours}")
+    return sd
+
+
+def read_reference(path):
+    """A stylegan2-ada-pytorch network pickle (a dict of G, D, G_ema as persistence records) or a
+    TensorFlow StyleGAN2(-ADA) pickle (a tuple G, D, Gs of Network records) -> read_weights' dict,
+    G, D, G_ema None where the file has none. Anything else, a truncated file, or a network this
+    file does not build: one UserError line."""
+    unreadable = f"{path} is not a readable checkpoint or network pickle"
+    try:
+        with open(path, "rb") as f:
+            data = SafeUnpickler(f).load()
+        if isinstance(data, dict) and isinstance(data.get("G_ema", data.get("G")), Persistent):
+            g, d, nets = read_pytorch(data)
+        elif isinstance(data, tuple) and [type(n) for n in data] == [TFNetwork] * 3:
+            g, d, nets = read_tf(data)
+        else:
+            raise UserError("neither a stylegan2-ada-pytorch nor a TensorFlow StyleGAN2 pickle")
+        check_official(g, d)
+        a, n = {k: g.get(k) for k in ARCH}, g["c_dim"]
+        a["mbstd_group"] = (d and d["mbstd_group"]) or 4  # None, the whole batch: groups of 4
+        G = Generator(a["res"], a["z_dim"], a["w_dim"], n, a["cbase"], a["cmax"], a["map_layers"])
+        D = Discriminator(a["res"], n, a["cbase"], a["cmax"])  # for their names and shapes
+        weights = dict(args=a, classes=[str(i) for i in range(n)] or [""])
+        for k, net, config in (("G", G, g), ("D", D, d), ("G_ema", G, g)):
+            sd = nets[k] and our_names(nets[k], a["res"], config["lr_mul"])
+            weights[k] = sd and fit(k, net, sd)
+        return weights
+    except UserError as e:
+        raise UserError(f"{path}: {e}") from None
+    except EOFError:
+        raise UserError(f"{unreadable} (it ends early: truncated?)") from None
+    except Exception as e:  # a damaged file, a record without what the official code writes
+        why = str(e).splitlines()[0] if str(e) else ""
+        raise UserError(f"{unreadable} ({type(e).__name__}: {why})") from None
+
+
+# bf16 on a CPU: channels_last measured faster for this model's G and D step, 64x64 (fp32 NCHW = 1x:
+# 1.98x vs 1.82x; README, CPU table). fp32 stays NCHW on a CPU: the same numbers as before
+CPU_CHANNELS_LAST = True
+
+
 # --- plumbing: the same in every model file (a test checks); skip it on a first read -------------
 
 
@@ -1121,12 +1493,14 @@ class Run:
         self.args, self.ckpt = start_or_resume(args)
         self.device, self.rank, self.world = setup_device(self.args.device)
         self.say = print if self.rank == 0 else (lambda *text, **kw: None)
-        bf16 = is_cuda(self.device) and torch.cuda.is_bf16_supported()  # auto: bf16 if it can
-        self.precision = self.args.precision.replace("auto", "bf16" if bf16 else "fp32")
+        self.precision, self.why = choose_precision(self.args.precision, self.device)
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.autocast = torch.autocast(self.device.type, dtype, enabled=dtype is not None)
-        # channels_last: convolutions on tensor cores without layout transposes
-        self.layout = torch.channels_last if is_cuda(self.device) else torch.contiguous_format
+        # channels_last: convolutions without layout transposes, on tensor cores (CUDA) or in
+        # oneDNN's bf16 kernels (a CPU in bf16, where this model measured faster: CPU_CHANNELS_LAST)
+        cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"
+        fast = is_cuda(self.device) or (cpu_bf16 and CPU_CHANNELS_LAST)
+        self.layout = torch.channels_last if fast else torch.contiguous_format
         # one GradScaler per optimizer: fp16 needs loss scaling, bf16 and fp32 do not
         fp16 = self.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -1197,7 +1571,7 @@ class Run:
         n = {k: sum(p.numel() for p in self.state[k].parameters()) / 1e6 for k in "GD"}
         self.say(
             f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | G {n['G']:.2f}M D {n['D']:.2f}M"
-            f" params | {self.device} {self.precision} | batch {a.batch} on {self.world}"
+            f" params | {self.device} {self.precision} ({self.why}) | batch {a.batch} on {self.world}"
             f" process(es) | out {out}"
         )
         main = threading.current_thread() is threading.main_thread()  # handlers only there
@@ -1318,6 +1692,24 @@ def setup_device(name):
         nccl = device.type == "cuda"
         dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
     return device, rank, world
+
+
+def choose_precision(asked, device):
+    """--precision -> (fp32, bf16 or fp16; why, for the start line). auto: bf16 where autocast has
+    native bf16 kernels (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, as torch
+    reports it), else fp32. bf16 asked on a CPU without them runs emulated: slower than fp32."""
+    if is_cuda(device):
+        native, where = torch.cuda.is_bf16_supported(), "this GPU"
+    else:  # oneDNN's bf16 kernels need AVX512-BF16 or AMX tiles: torch.cpu's own probes
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = device.type == "cpu" and any(getattr(torch.cpu, p, bool)() for p in probes)
+        where = f"this {device.type.upper()}"
+    if asked == "auto":
+        has = "has" if native else "has no"
+        return ("bf16" if native else "fp32"), f"auto: {where} {has} native bf16"
+    if asked == "bf16" and device.type == "cpu" and not native:
+        return asked, f"{where} has no native bf16: emulated, slower than fp32"
+    return asked, "as asked"
 
 
 def check_device(name, local_rank=None):
@@ -1491,7 +1883,12 @@ def shared_flags(
     )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
+    add(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype; auto: bf16 where the GPU or CPU has native bf16 kernels, else fp32",
+    )
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
     add(
@@ -1597,6 +1994,15 @@ def get_args(argv=None):
         type=positive(float),
         default=500,
         help="ADA speed: thousands of images for p to go 0 -> 1",
+    )
+    add(
+        "--freeze-d",
+        type=positive(int, off=True),
+        default=0,
+        metavar="N",
+        help="FreezeD (Mo et al. 2020), for fine-tuning with --init: D's first N layers are not"
+        " trained (fromrgb, then conv0, conv1, skip of each block from the highest resolution; the"
+        " official --freezed)",
     )
     return parse_args(p, argv)
 

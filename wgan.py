@@ -32,6 +32,9 @@ Not from the paper: engineering
 - kimg and img/s count generator images (step x batch); the critic sees n_critic times as many
   real images. loss_D, wdist and gp in the log are from the last critic step of each step.
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
+- Reads martinarjovsky/WassersteinGAN's generator files (netG_epoch_N.pth: DCGAN_G, the same
+  network as Generator) for --sample and --init; not its critic files, whose BatchNorm is layer
+  normalization here (above): --init starts the critic anew         -> read_wgan_dcgan
 
 Usage
     python wgan.py                                    # built-in toy faces, 64x64, gradient penalty
@@ -41,6 +44,8 @@ Usage
     python wgan.py --data ./faces --resume --steps 30000   # continue out/wgan-faces
     torchrun --nproc_per_node=4 wgan.py --data ./faces
     python wgan.py --sample out/wgan-faces/ckpt.pt --n 64 [--interp]
+    python wgan.py --sample netG_epoch_24.pth         # WassersteinGAN's DCGAN generator files
+    python wgan.py --data ./faces --init netG_epoch_24.pth     # its G; the critic starts anew
 """
 
 import argparse
@@ -50,6 +55,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -267,17 +273,59 @@ ARCH = ("res", "z_dim", "g_ch", "d_ch")  # the arguments that shape G and D
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
-    load_generator and --init read."""
-    ckpt = load_checkpoint(path, device)
-    return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+    """A checkpoint of this file, or a martinarjovsky/WassersteinGAN generator file
+    (read_wgan_dcgan), as {"args": the sizes the file holds (ARCH), "G", "D", "G_ema"}: what
+    load_generator and --init read. Torch files only, weights_only=True."""
+    device = check_device(device)
+    if not os.path.isfile(path):
+        raise UserError(f"no checkpoint at {path}")
+    try:
+        found = torch.load(path, map_location=device, weights_only=True)
+    except Exception as e:
+        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    if isinstance(found, dict) and "model" in found:
+        ckpt = load_checkpoint(path, device)
+        return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+    return read_wgan_dcgan(path, found)
+
+
+def read_wgan_dcgan(path, sd):
+    """WassersteinGAN main.py's DCGAN_G (netG_epoch_N.pth): an nn.Sequential `main` of named layers
+    (initial:100-512:convt, initial:512:batchnorm, pyramid:512-256:convt, ..., final:64-3:convt),
+    which are our net.0, net.1, net.3, net.4, ..., in order. Sizes from the shapes: res from the
+    number of convolutions, z_dim and g_ch from the first and last; --d-ch from the command line.
+    It keeps no G_ema. Its critic (netD_epoch_N.pth) is refused: see the module docstring."""
+    sd = {k.removeprefix("module."): v for k, v in sd.items()} if isinstance(sd, dict) else {}
+    layer = r"main\.(initial|pyramid|extra-layers-\d+|final):[\d-]+:(\w+)\.\w+"
+    kinds = {m[2] if (m := re.fullmatch(layer, k)) else None for k in sd}
+    if not sd or None in kinds:
+        raise UserError(f"{path} is not a {MODEL} checkpoint nor a WassersteinGAN netG file")
+    if "convt" not in kinds:
+        why = f"{MODEL}.py's critic has layer normalization where it has BatchNorm: pass its netG"
+        raise UserError(f"{path} is WassersteinGAN's critic, which is not read: {why}")
+    if "conv" in kinds or "batchnorm" not in kinds:
+        raise UserError(
+            f"{path}: trained with --n_extra_layers or --noBN; {MODEL}.py's G has neither"
+        )
+    modules = list(dict.fromkeys(k.rsplit(".", 1)[0] for k in sd))  # in the layers' order
+    at = {m: 3 * (j // 2) + j % 2 for j, m in enumerate(modules)}  # convt, batchnorm, (ReLU), ...
+    ours = {f"net.{at[k.rsplit('.', 1)[0]]}.{k.rsplit('.', 1)[1]}": v for k, v in sd.items()}
+    convs = [v for k, v in sd.items() if k.endswith("convt.weight")]
+    a = dict(res=4 * 2 ** (len(convs) - 1), z_dim=convs[0].shape[0], g_ch=convs[-1].shape[0])
+    try:
+        Generator(a["res"], a["z_dim"], a["g_ch"]).load_state_dict(ours)
+    except RuntimeError as e:  # e.g. not RGB, or wider than 16 g_ch: the first line that differs
+        why = next((t.strip() for t in str(e).splitlines()[1:] if t.strip()), str(e))
+        raise UserError(f"{path}: its G is not a network {MODEL}.py builds ({why})") from None
+    return dict(args=a, G=ours, D=None, G_ema=None)
 
 
 def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
+    """Checkpoint -> G_ema (G where it has none) in eval mode, with .res and .z_dim for
+    generate()."""
     a = (ckpt := read_weights(path, device))["args"]
     G = Generator(a["res"], a["z_dim"], a["g_ch"]).to(device)
-    G.load_state_dict(ckpt["G_ema"])
+    G.load_state_dict(ckpt["G_ema"] if ckpt["G_ema"] is not None else ckpt["G"])  # no EMA: G
     return G.eval().requires_grad_(False)
 
 
@@ -317,6 +365,11 @@ def sample(args):
     print(path)
 
 
+# bf16 on a CPU: channels_last measured faster for this model's G and D step, 64x64 (fp32 NCHW = 1x:
+# 1.74x vs 1.66x; README, CPU table). fp32 stays NCHW on a CPU: the same numbers as before
+CPU_CHANNELS_LAST = True
+
+
 # --- plumbing: the same in every model file (a test checks); skip it on a first read -------------
 
 
@@ -328,12 +381,14 @@ class Run:
         self.args, self.ckpt = start_or_resume(args)
         self.device, self.rank, self.world = setup_device(self.args.device)
         self.say = print if self.rank == 0 else (lambda *text, **kw: None)
-        bf16 = is_cuda(self.device) and torch.cuda.is_bf16_supported()  # auto: bf16 if it can
-        self.precision = self.args.precision.replace("auto", "bf16" if bf16 else "fp32")
+        self.precision, self.why = choose_precision(self.args.precision, self.device)
         dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[self.precision]
         self.autocast = torch.autocast(self.device.type, dtype, enabled=dtype is not None)
-        # channels_last: convolutions on tensor cores without layout transposes
-        self.layout = torch.channels_last if is_cuda(self.device) else torch.contiguous_format
+        # channels_last: convolutions without layout transposes, on tensor cores (CUDA) or in
+        # oneDNN's bf16 kernels (a CPU in bf16, where this model measured faster: CPU_CHANNELS_LAST)
+        cpu_bf16 = self.device.type == "cpu" and self.precision == "bf16"
+        fast = is_cuda(self.device) or (cpu_bf16 and CPU_CHANNELS_LAST)
+        self.layout = torch.channels_last if fast else torch.contiguous_format
         # one GradScaler per optimizer: fp16 needs loss scaling, bf16 and fp32 do not
         fp16 = self.precision == "fp16"
         self.scaler_G = torch.amp.GradScaler(self.device.type, enabled=fp16)
@@ -404,7 +459,7 @@ class Run:
         n = {k: sum(p.numel() for p in self.state[k].parameters()) / 1e6 for k in "GD"}
         self.say(
             f"{MODEL} | {a.data} at {a.res}x{a.res}: {about} | G {n['G']:.2f}M D {n['D']:.2f}M"
-            f" params | {self.device} {self.precision} | batch {a.batch} on {self.world}"
+            f" params | {self.device} {self.precision} ({self.why}) | batch {a.batch} on {self.world}"
             f" process(es) | out {out}"
         )
         main = threading.current_thread() is threading.main_thread()  # handlers only there
@@ -525,6 +580,24 @@ def setup_device(name):
         nccl = device.type == "cuda"
         dist.init_process_group("nccl" if nccl else "gloo", device_id=device if nccl else None)
     return device, rank, world
+
+
+def choose_precision(asked, device):
+    """--precision -> (fp32, bf16 or fp16; why, for the start line). auto: bf16 where autocast has
+    native bf16 kernels (a CUDA GPU that supports it; a CPU with AVX512-BF16 or AMX, as torch
+    reports it), else fp32. bf16 asked on a CPU without them runs emulated: slower than fp32."""
+    if is_cuda(device):
+        native, where = torch.cuda.is_bf16_supported(), "this GPU"
+    else:  # oneDNN's bf16 kernels need AVX512-BF16 or AMX tiles: torch.cpu's own probes
+        probes = ("_is_avx512_bf16_supported", "_is_amx_tile_supported")
+        native = device.type == "cpu" and any(getattr(torch.cpu, p, bool)() for p in probes)
+        where = f"this {device.type.upper()}"
+    if asked == "auto":
+        has = "has" if native else "has no"
+        return ("bf16" if native else "fp32"), f"auto: {where} {has} native bf16"
+    if asked == "bf16" and device.type == "cpu" and not native:
+        return asked, f"{where} has no native bf16: emulated, slower than fp32"
+    return asked, "as asked"
 
 
 def check_device(name, local_rank=None):
@@ -698,7 +771,12 @@ def shared_flags(
     )
     add("--seed", type=int, default=0, help="seed of weights, noise, data order and samples")
     add("--device", default="auto", help="auto (cuda, else mps, else cpu), or e.g. cuda:1")
-    add("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"], help="autocast")
+    add(
+        "--precision",
+        default="auto",
+        choices=["auto", "fp32", "bf16", "fp16"],
+        help="autocast dtype; auto: bf16 where the GPU or CPU has native bf16 kernels, else fp32",
+    )
     add("--compile", action="store_true", help="torch.compile G and D forward passes")
     add("--resume", action="store_true", help="continue the run in --out")
     add(
