@@ -4802,18 +4802,17 @@ def test_bench_acceptance_table():
     assert all(line.count("|") == len(bench.ACCEPTANCE_COLUMNS) + 1 for line in lines)
 
 
+def tiny_flops_file(tmp_path):
+    """A FLOP file as `bench.py --flops --json` writes it, for dcgan at 32x32 and tiny widths."""
+    rows = [{"model": "dcgan", "gflop_per_image": 0.5, "gflop_per_step": 8.0}]
+    path = tmp_path / "flops.json"
+    path.write_text(json.dumps({"res": 32, "extra": TINY["dcgan"], "rows": rows}))
+    return path
+
+
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_acceptance_runs_on_the_cpu(tmp_path, capsys):
-    flops = tmp_path / "flops.json"  # as written by --flops --json, read instead of counting
-    flops.write_text(
-        json.dumps(
-            {
-                "res": 32,
-                "extra": TINY["dcgan"],
-                "rows": [{"model": "dcgan", "gflop_per_image": 0.5, "gflop_per_step": 8.0}],
-            }
-        )
-    )
+    flops = tiny_flops_file(tmp_path)  # read instead of counting
     path = tmp_path / "acceptance.json"
     text = "--acceptance dcgan --device cpu --res 32 --batch 8 --steps 4 --log-every 2 --modes bf16"
     argv = cmdline(text, "--flops-from", flops, "--json", path, "--", *TINY["dcgan"])
@@ -5023,16 +5022,7 @@ def test_bench_peak_is_a_positive_matmul_rate_quickly(capsys):
 
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_speed_table_has_gflop_s_and_share_of_peak(tmp_path, capsys):
-    flops = tmp_path / "flops.json"  # as written by --flops --json, at this run's res and widths
-    flops.write_text(
-        json.dumps(
-            {
-                "res": 32,
-                "extra": TINY["dcgan"],
-                "rows": [{"model": "dcgan", "gflop_per_image": 0.5, "gflop_per_step": 8.0}],
-            }
-        )
-    )
+    flops = tiny_flops_file(tmp_path)
     path = tmp_path / "speed.json"
     text = "dcgan --res 32 --batch 8 --steps 4 --log-every 2 --device cpu --peak --peak-size 128"
     argv = cmdline(text, "--flops-from", flops, "--json", path, "--", *TINY["dcgan"])
