@@ -1,0 +1,443 @@
+"""By-hand check (issue 22): each model file's `read_weights` reads files written by the reference
+project's own code, and our networks then compute what the reference's do.
+
+Each subcommand builds tiny networks with the reference's code, imported (or, for pytorch/examples,
+exec'd class by class) from the checkout given on the command line at run time, saves them in the
+reference's own file format into a temporary folder, reads them with our <model>.read_weights and
+prints the largest absolute and relative (max |ours - theirs| / max |theirs|) errors of G's (and
+G_ema's) images and of D's logits for the same inputs. Nothing of another project's code or text is
+in this file. The exit status is 1 if any relative error is above 1e-5.
+
+    python check_references.py dcgan PATH/TO/examples                  # pytorch/examples
+    python check_references.py wgan PATH/TO/WassersteinGAN             # martinarjovsky/WassersteinGAN
+    python check_references.py biggan PATH/TO/BigGAN-PyTorch           # ajbrock/BigGAN-PyTorch
+    python check_references.py stylegan2_ada PATH/TO/stylegan2-ada-pytorch  # NVlabs/...
+    python check_references.py sagan PATH/TO/Self-Attention-GAN        # heykeetae/Self-Attention-GAN
+    python check_references.py sngan PATH/TO/SNGAN-AnimeFace           # tqch/SNGAN-AnimeFace
+
+- dcgan: dcgan/main.py's Generator, Discriminator and weights_init; netG/netD_epoch_N.pth.
+- wgan: models/dcgan.py's DCGAN_G and DCGAN_D as main.py saves them (netG_epoch_N.pth beside
+  generator_config.json); netD_epoch_N.pth must be refused in one line.
+- biggan: BigGAN.py and utils.py (utils.save_weights: G.pth, D.pth, G_ema.pth, state_dict.pth);
+  torchvision and h5py, which utils.py only names at import time, are stubbed.
+- stylegan2_ada: training/networks.py through dnnlib, pickled as training/training_loop.py's
+  network-snapshot-*.pkl, at three configurations; then our reading written as a TensorFlow
+  (G, D, Gs) pickle (test_models.py's fixture writer), converted by the reference's legacy.py and
+  read by us; last, one training step started from a real snapshot with --init and --freeze-d.
+- sagan, sngan: their train scripts' files (SAGAN: N_G.pth / N_D.pth; SNGAN: the train.py
+  checkpoint dict and a bare netG state dict) given to sagan.py / sngan.py --sample and --init,
+  which must each exit 1 with a one-line error (these files are not read).
+
+No internet is needed beyond the checkout, but each checkout needs its own dependencies importable:
+stylegan2-ada-pytorch its own torch_utils and dnnlib (in the checkout) and numpy; BigGAN-PyTorch
+its layers.py and sync_batchnorm (in the checkout).
+"""
+
+import argparse
+import ast
+import copy
+import importlib.util
+import json
+import os
+import pickle
+import subprocess
+import sys
+import tempfile
+import types
+
+import torch
+
+HERE = os.path.dirname(os.path.abspath(__file__))  # our model files
+sys.path.insert(0, HERE)
+from common import UserError  # noqa: E402
+
+TOLERANCE = 1e-5  # the largest relative error that passes
+
+
+def report(what, ours, theirs):
+    """Print the largest absolute and relative errors of `ours` against `theirs`: -> relative."""
+    err = (ours - theirs).abs().max().item()
+    rel = err / theirs.abs().max().item()
+    print(f"{what:44s} max abs error {err:.3g}, relative {rel:.3g}")
+    return rel
+
+
+# ---------------------------------------------------------------------------- pytorch/examples
+def check_dcgan(ref_dir):
+    """dcgan/main.py's own Generator, Discriminator and weights_init at tiny widths, saved under
+    main.py's names, read by dcgan.read_weights."""
+    import dcgan
+
+    with open(os.path.join(ref_dir, "dcgan", "main.py")) as f:
+        src = f.read()
+    wanted = {"Generator", "Discriminator", "weights_init"}
+    body = [n for n in ast.parse(src).body if getattr(n, "name", None) in wanted]
+    ns = dict(torch=torch, nn=torch.nn, nz=16, ngf=8, ndf=8, nc=3)
+    exec(compile(ast.Module(body, []), "main.py", "exec"), ns)  # the reference's classes only
+    torch.manual_seed(0)
+    netG, netD = ns["Generator"](1), ns["Discriminator"](1)
+    netG.apply(ns["weights_init"]), netD.apply(ns["weights_init"])
+    with torch.no_grad():  # training-mode forwards: BatchNorm statistics that are not the initial
+        for _ in range(3):
+            netD(netG(torch.randn(16, 16, 1, 1)))
+    netG.eval(), netD.eval()
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(netG.state_dict(), f"{tmp}/netG_epoch_3.pth")  # main.py's names
+        torch.save(netD.state_dict(), f"{tmp}/netD_epoch_3.pth")
+        w = dcgan.read_weights(f"{tmp}/netG_epoch_3.pth")
+    a = w["args"]
+    print("args", a)
+    G, D = (
+        dcgan.Generator(a["res"], a["z_dim"], a["g_ch"]),
+        dcgan.Discriminator(a["res"], a["d_ch"]),
+    )
+    G.load_state_dict(w["G"]), D.load_state_dict(w["D"])
+    G.eval(), D.eval()
+    z = torch.randn(8, 16)
+    with torch.no_grad():
+        x_ref = netG(z[:, :, None, None])
+        logit_ref = torch.logit(netD(x_ref).double()).float().flatten()  # theirs ends in a sigmoid
+        return [
+            report("G images (eval)", G(z), x_ref),
+            report("D logits (eval)", D(x_ref), logit_ref),
+        ]
+
+
+# ---------------------------------------------------------------- martinarjovsky/WassersteinGAN
+def check_wgan(ref_dir, isize=64, nz=16, ngf=8):
+    """models/dcgan.py's DCGAN_G and DCGAN_D saved as main.py saves them; wgan.read_weights reads
+    netG_epoch_N.pth and refuses netD_epoch_N.pth."""
+    import wgan
+
+    sys.path.insert(0, ref_dir)
+    from models import dcgan as ref
+
+    torch.manual_seed(0)
+    netG, netD = ref.DCGAN_G(isize, nz, 3, ngf, 1, 0), ref.DCGAN_D(isize, nz, 3, ngf, 1, 0)
+    for m in netG.modules():  # main.py's weight initialisation, restated
+        if type(m).__name__.find("Conv") != -1:
+            m.weight.data.normal_(0.0, 0.02)
+        elif type(m).__name__.find("BatchNorm") != -1:
+            m.weight.data.normal_(1.0, 0.02)
+            m.bias.data.fill_(0)
+    with torch.no_grad():  # training forwards move the BatchNorm statistics
+        for _ in range(3):
+            netG(torch.randn(16, nz, 1, 1))
+    netG.eval()
+    refused = False
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = dict(imageSize=isize, nz=nz, nc=3, ngf=ngf, ngpu=1, n_extra_layers=0, noBN=False)
+        with open(f"{tmp}/generator_config.json", "w") as f:  # main.py writes it beside them
+            f.write(json.dumps(dict(cfg, mlp_G=False)) + "\n")
+        torch.save(netG.state_dict(), f"{tmp}/netG_epoch_3.pth")  # main.py's saves
+        torch.save(netD.state_dict(), f"{tmp}/netD_epoch_3.pth")
+        w = wgan.read_weights(f"{tmp}/netG_epoch_3.pth")
+        G = wgan.load_generator(f"{tmp}/netG_epoch_3.pth")
+        try:
+            wgan.read_weights(f"{tmp}/netD_epoch_3.pth")
+        except UserError as e:
+            refused = "\n" not in str(e)
+            print("netD_epoch_3.pth: refused:", str(e).replace(tmp, "TMP"))
+    print("args", w["args"])
+    z = torch.randn(8, nz)
+    with torch.no_grad():
+        rels = [report("G images (eval)", G(z), netG(z[:, :, None, None]))]
+    return rels + [0.0 if refused else float("inf")]
+
+
+# ------------------------------------------------------------------------ ajbrock/BigGAN-PyTorch
+class Stub(types.ModuleType):
+    """A module whose every attribute is another stub: torchvision and h5py, which BigGAN-PyTorch's
+    utils.py only names at import time."""
+
+    def __getattr__(self, name):
+        return Stub(name) if not name.startswith("__") else super().__getattribute__(name)
+
+
+def check_biggan(ref_dir, res=128, attn="64"):
+    """BigGAN.py's G, D and G_ema saved by utils.save_weights, read by biggan.read_weights."""
+    import biggan
+
+    for name in (
+        "torchvision",
+        "torchvision.transforms",
+        "torchvision.datasets",
+        "datasets",
+        "torchvision.datasets.utils",
+        "torchvision.datasets.folder",
+        "h5py",
+    ):
+        sys.modules.setdefault(name, Stub(name))
+    sys.path.insert(0, ref_dir)
+    import BigGAN
+    import utils
+
+    torch.manual_seed(0)
+    argv = ["--G_ch", "8", "--D_ch", "8", "--dim_z", "18", "--shared_dim", "16", "--hier",
+            "--G_shared", "--G_attn", attn, "--D_attn", attn, "--SN_eps", "1e-6", "--ema"]  # fmt: skip
+    config = vars(utils.prepare_parser().parse_args(argv))
+    config.update(resolution=res, n_classes=5)  # train.py adds these from the data set
+    config["G_activation"] = utils.activation_dict[config["G_nl"]]  # nn.ReLU modules, as train.py
+    config["D_activation"] = utils.activation_dict[config["D_nl"]]
+    G, D = BigGAN.Generator(**config), BigGAN.Discriminator(**config)
+    G_ema = BigGAN.Generator(**{**config, "skip_init": True, "no_optim": True})
+    G_ema.load_state_dict(G.state_dict())
+    with torch.no_grad():  # training forwards move u and the BatchNorm statistics
+        for _ in range(3):
+            z, y = torch.randn(8, G.dim_z), torch.randint(0, 5, (8,))
+            D(G(z, G.shared(y)), y)
+            G_ema(z, G_ema.shared(y))
+        for p in G_ema.parameters():  # G_ema: other weights than G
+            p.add_(0.01 * torch.randn_like(p))
+    G.eval(), D.eval(), G_ema.eval()
+    state = dict(itr=3, epoch=0, save_num=0, save_best_num=0, best_IS=0, best_FID=999999)
+    with tempfile.TemporaryDirectory() as tmp:
+        utils.save_weights(G, D, dict(state, config=config), tmp, "exp", None, G_ema)  # train.py's
+        print("files:", sorted(os.listdir(f"{tmp}/exp")))
+        path = f"{tmp}/exp/G_ema.pth"
+        w = biggan.read_weights(path)
+        G_ema2 = biggan.load_generator(path, standing=0)
+        state = biggan.load_tensors(f"{tmp}/exp/state_dict.pth", "cpu", allow=[torch.nn.ReLU])
+    c = state["config"]  # read as biggan.py reads it: weights_only, nn.ReLU the one class allowed
+    print(f"state_dict.pth config: {len(c)} entries, G_activation {c['G_activation']!r}")
+    print("args", w["args"], "classes", w["classes"])
+    a, n = w["args"], len(w["classes"])
+    G2 = biggan.Generator(a["res"], a["z_dim"], a["g_ch"], n, a["shared_dim"], a["attn_res"])
+    G2.load_state_dict(w["G"])
+    D2 = biggan.Discriminator(a["res"], a["d_ch"], n, a["attn_res"])
+    D2.load_state_dict(w["D"])
+    G2.eval(), D2.eval()
+    z, y = torch.randn(8, G.dim_z), torch.randint(0, 5, (8,))
+    x = torch.rand(8, 3, res, res) * 2 - 1
+    with torch.no_grad():
+        x_ref = G(z, G.shared(y))
+        return [
+            report("G images (eval)", G2(z, y), x_ref),
+            report("G_ema images (eval)", G_ema2(z, y), G_ema(z, G_ema.shared(y))),
+            report("D logits on G's images (eval)", D2(x_ref, y), D(x_ref, y)[:, 0]),
+            report("D logits on uniform noise (eval)", D2(x, y), D(x, y)[:, 0]),
+        ]
+
+
+# ------------------------------------------------------------------ NVlabs/stylegan2-ada-pytorch
+SG2_CASES = [  # res, c_dim, cbase, cmax, z_dim, w_dim, mapping layers, its lr mul, mbstd, freezed
+    (32, 0, 512, 32, 32, 32, 2, 0.01, 4, 0),
+    (64, 5, 1024, 64, 24, 32, 8, 0.01, 4, 4),
+    (32, 6, 256, 16, 16, 16, 2, 0.1, 2, 10),
+]
+
+
+def sg2_snapshot(dnnlib, augment, case, path, seed):
+    """The reference networks of one case, pickled as its training loop's snapshot: -> the dict."""
+    res, c_dim, cbase, cmax, z_dim, w_dim, map_layers, lr_mul, mbstd, freezed = case
+    torch.manual_seed(seed)
+    G_kwargs = dnnlib.EasyDict(
+        class_name="training.networks.Generator", z_dim=z_dim, w_dim=w_dim,
+        mapping_kwargs=dnnlib.EasyDict(num_layers=map_layers, lr_multiplier=lr_mul),
+        synthesis_kwargs=dnnlib.EasyDict(channel_base=cbase, channel_max=cmax, num_fp16_res=4,
+                                         conv_clamp=256),
+    )  # fmt: skip
+    D_kwargs = dnnlib.EasyDict(
+        class_name="training.networks.Discriminator", channel_base=cbase, channel_max=cmax,
+        num_fp16_res=4, conv_clamp=256, block_kwargs=dnnlib.EasyDict(freeze_layers=freezed),
+        mapping_kwargs=dnnlib.EasyDict(), epilogue_kwargs=dnnlib.EasyDict(mbstd_group_size=mbstd),
+    )  # fmt: skip
+    common_kwargs = dict(c_dim=c_dim, img_resolution=res, img_channels=3)
+    G = dnnlib.util.construct_class_by_name(**G_kwargs, **common_kwargs).train()
+    D = dnnlib.util.construct_class_by_name(**D_kwargs, **common_kwargs).train()
+    with torch.no_grad():  # every weight and buffer off its initial value (biases, w_avg, ...)
+        for net in (G, D):
+            for name, t in [*net.named_parameters(), *net.named_buffers()]:
+                if not name.endswith("resample_filter"):
+                    t.add_(0.2 * torch.randn_like(t))
+    G_ema = copy.deepcopy(G)
+    with torch.no_grad():
+        for t in G_ema.parameters():
+            t.add_(0.05 * torch.randn_like(t))
+    pipe = augment.AugmentPipe(xflip=1, rotate90=1, xint=1, scale=1, rotate=1, aniso=1, xfrac=1,
+                               brightness=1, contrast=1, lumaflip=1, hue=1, saturation=1)  # fmt: skip
+    data_kwargs = dict(class_name="training.dataset.ImageFolderDataset", path="x.zip",
+                       use_labels=bool(c_dim), max_size=100, xflip=False, resolution=res)  # fmt: skip
+    snapshot = dict(training_set_kwargs=data_kwargs)  # the snapshot dict's entries
+    for name, module in [("G", G), ("D", D), ("G_ema", G_ema), ("augment_pipe", pipe)]:
+        snapshot[name] = copy.deepcopy(module).eval().requires_grad_(False).cpu()
+    with open(path, "wb") as f:
+        pickle.dump(snapshot, f)
+    return snapshot
+
+
+@torch.no_grad()
+def sg2_compare(sg, tag, path, theirs, c_dim, n=8):
+    """Our networks read from `path` against the reference's `theirs`: -> the relative errors."""
+    w = sg.read_weights(path)
+    a = w["args"]
+    gen = torch.Generator().manual_seed(1)
+    z = torch.randn(n, a["z_dim"], generator=gen)
+    y = torch.randint(0, c_dim, (n,), generator=gen) if c_dim else None
+    c = torch.nn.functional.one_hot(y, c_dim).float() if c_dim else torch.zeros(n, 0)
+    print(tag)
+    rels = []
+    for k in ("G", "G_ema"):
+        ours = sg.Generator(a["res"], a["z_dim"], a["w_dim"], c_dim, a["cbase"], a["cmax"],
+                            a["map_layers"]).eval()  # fmt: skip
+        ours.load_state_dict(w[k])
+        for psi in (1.0, 0.7):
+            img = theirs[k](z, c, truncation_psi=psi, noise_mode="const", force_fp32=True)
+            rels.append(report(f"    {k} images, psi {psi}", ours(z, y, psi=psi), img))
+    D = sg.Discriminator(a["res"], c_dim, a["cbase"], a["cmax"], mbstd_group=a["mbstd_group"])
+    D.load_state_dict(w["D"])
+    D.eval()
+    img = theirs["G_ema"](z, c, noise_mode="const", force_fp32=True)
+    x = torch.randn(n, 3, a["res"], a["res"], generator=gen)
+    for name, inp in (("their G_ema's images", img), ("noise", x)):
+        logits = theirs["D"](inp, c, force_fp32=True)[:, 0]
+        rels.append(report(f"    D logits on {name}", D(inp, y), logits))
+    return rels
+
+
+@torch.no_grad()
+def sg2_compare_converted(tag, converted, theirs, a, c_dim, n=8):
+    """legacy.py's networks (from a TF pickle) against the reference's originals: -> errors."""
+    gen = torch.Generator().manual_seed(2)
+    z = torch.randn(n, a["z_dim"], generator=gen)
+    c = torch.eye(c_dim)[torch.arange(n) % c_dim] if c_dim else torch.zeros(n, 0)
+    print(tag)
+    rels = []
+    for k in ("G", "G_ema"):
+        kw = dict(truncation_psi=0.7, noise_mode="const", force_fp32=True)
+        rels.append(
+            report(f"    {k} images, psi 0.7", converted[k](z, c, **kw), theirs[k](z, c, **kw))
+        )
+    x = torch.randn(n, 3, a["res"], a["res"], generator=gen)
+    d_conv, d_ref = converted["D"](x, c, force_fp32=True), theirs["D"](x, c, force_fp32=True)
+    return rels + [report("    D logits on noise", d_conv, d_ref)]
+
+
+def check_stylegan2_ada(ref_dir):
+    """network-snapshot-*.pkl files of the reference's networks, TF pickles of them converted by
+    its legacy.py, and a run started from one snapshot with --init and --freeze-d."""
+    sys.path.insert(0, os.path.abspath(ref_dir))
+    import dnnlib
+    import legacy
+    from training import augment
+
+    import stylegan2_ada as sg
+    import test_models as fx  # our TF-record writer (the test fixtures)
+
+    torch.backends.cudnn.allow_tf32 = False
+    rels = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i, case in enumerate(SG2_CASES):
+            res, c_dim, *_, lr_mul, mbstd, freezed = case
+            path = f"{tmp}/network-snapshot-{i:06d}.pkl"
+            theirs = sg2_snapshot(dnnlib, augment, case, path, seed=i)
+            tag = f"pytorch pickle: res {res}, c_dim {c_dim}, G mapping lr {lr_mul}, freezed {freezed}"
+            rels += sg2_compare(sg, tag, path, theirs, c_dim)
+
+            w = sg.read_weights(path)  # our reading written as a TF (G, D, Gs) pickle
+            tf_path = f"{tmp}/tf-{i}.pkl"
+            nets = (fx.tf_g(w["G"], w["args"], c_dim), fx.tf_d(w["D"], w["args"], c_dim),
+                    fx.tf_g(w["G_ema"], w["args"], c_dim))  # fmt: skip
+            fx.dump(nets, tf_path, protocol=2)
+            with open(tf_path, "rb") as f:
+                converted = legacy.load_network_pkl(f)  # the reference's converter (it unpickles)
+            for k in ("G", "D", "G_ema"):
+                converted[k].eval()
+            tag = "  TF pickle of it, converted by legacy.py, against the reference's networks"
+            rels += sg2_compare_converted(tag, converted, theirs, w["args"], c_dim)
+            tag = "  TF pickle, read_weights, against legacy.py's networks"
+            rels += sg2_compare(sg, tag, tf_path, converted, c_dim)
+
+        # a run from a real snapshot (the last case: 6 classes, as the toy data)
+        out = f"{tmp}/run"
+        args = ["--data", "toy", "--res", "32", "--batch", "4", "--steps", "1", "--device", "cpu"]
+        sg.train(sg.get_args([*args, "--out", out, "--init", path, "--freeze-d", "4"]))
+        ckpt, w = torch.load(f"{out}/ckpt.pt", weights_only=True), sg.read_weights(path)
+    frozen = [k for k in w["D"] if k.startswith(("blocks.0.fromrgb.", "blocks.0.conv0.",
+                                                 "blocks.0.conv1.", "blocks.0.skip."))]  # fmt: skip
+    kept = all(torch.equal(ckpt["D"][k], w["D"][k]) for k in frozen)
+    moved = sum(not torch.equal(ckpt["D"][k], w["D"][k]) for k in w["D"] if k not in frozen)
+    print(f"--init {os.path.basename(path)} --freeze-d 4, 1 step: step {ckpt['step']}, the "
+          f"{len(frozen)} frozen D tensors unchanged: {kept}, other D tensors changed: {moved} of "
+          f"{len(w['D']) - len(frozen) - 1} (+ the unused D w_avg)")  # fmt: skip
+    return rels + [0.0 if kept and moved else float("inf")]
+
+
+# -------------------------------------------- heykeetae/Self-Attention-GAN, tqch/SNGAN-AnimeFace
+def refused_by_cli(model, folder, files):
+    """`model`.py --sample and --init on each file: each must exit 1 with one line -> 0 or inf."""
+    ok = True
+    for name in files:
+        for argv in (["--sample", name], ["--init", name, "--out", "run"]):
+            argv = [*argv, "--device", "cpu"]
+            r = subprocess.run([sys.executable, os.path.join(HERE, f"{model}.py"), *argv],
+                               cwd=folder, capture_output=True, text=True)  # fmt: skip
+            lines = r.stderr.strip().splitlines()
+            ok &= r.returncode == 1 and len(lines) == 1
+            print(f"$ python {model}.py {' '.join(argv)}\n  exit {r.returncode}, "
+                  f"{len(lines)} stderr line(s): {r.stderr.strip()}")  # fmt: skip
+    wrote = os.path.exists(os.path.join(folder, "run"))
+    print("run folder written:", wrote)
+    return [0.0 if ok and not wrote else float("inf")]
+
+
+def check_sagan(ref_dir):
+    """sagan_models.py's Generator and Discriminator saved as trainer.py saves them."""
+    sys.path.insert(0, ref_dir)
+    import sagan_models
+
+    torch.manual_seed(0)
+    G, D = sagan_models.Generator(4, 64, 16, 64), sagan_models.Discriminator(4, 64, 64)
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(G.state_dict(), f"{tmp}/7_G.pth")  # trainer.py's '{step + 1}_G.pth'
+        torch.save(D.state_dict(), f"{tmp}/7_D.pth")
+        return refused_by_cli("sagan", tmp, ["7_G.pth", "7_D.pth"])
+
+
+def check_sngan(ref_dir):
+    """sngan.py's NetG and NetD in train.py's checkpoint dict, and a bare NetG state dict."""
+    sys.path[:0] = [ref_dir, os.path.join(ref_dir, "spectral_norm")]
+    spec = importlib.util.spec_from_file_location("ref_sngan", os.path.join(ref_dir, "sngan.py"))
+    ref = importlib.util.module_from_spec(spec)  # by file: our sngan.py has the same name
+    spec.loader.exec_module(ref)
+    from utils import EMA
+
+    torch.manual_seed(0)
+    netD = ref.NetD(3, 8, num_blocks=[1, 1, 1, 1])
+    netG = ref.NetG(3, 8, 16, num_blocks=[1, 1, 1, 1])
+    optD, optG = torch.optim.Adam(netD.parameters()), torch.optim.Adam(netG.parameters())
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    ckpt = {"netD": netD.state_dict(), "netG": netG.state_dict(), "optD": optD.state_dict(),
+            "optG": optG.state_dict(), "scalerD": scaler.state_dict(),
+            "scalerG": scaler.state_dict(), "ema": EMA(netG).state_dict(), "epoch": 10}  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.save(ckpt, f"{tmp}/anime-sngan.pt")  # train.py's checkpoint dict
+        torch.save(netG.state_dict(), f"{tmp}/netG.pt")
+        return refused_by_cli("sngan", tmp, ["anime-sngan.pt", "netG.pt"])
+
+
+CHECKS = {
+    "dcgan": check_dcgan,
+    "wgan": check_wgan,
+    "biggan": check_biggan,
+    "stylegan2_ada": check_stylegan2_ada,
+    "sagan": check_sagan,
+    "sngan": check_sngan,
+}
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("format", choices=sorted(CHECKS), help="which reference project's files")
+    p.add_argument("checkout", help="a checkout of that reference project")
+    a = p.parse_args(argv)
+    if not os.path.isdir(a.checkout):
+        p.error(f"no folder at {a.checkout}")
+    rels = CHECKS[a.format](os.path.abspath(a.checkout))
+    worst = max(rels)
+    print(f"largest relative error {worst:.3g}: {'pass' if worst <= TOLERANCE else 'FAIL'}")
+    return 0 if worst <= TOLERANCE else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
