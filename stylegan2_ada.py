@@ -758,19 +758,9 @@ def train(args):
     pl_mean = torch.zeros((), device=device)  # the path length target a (StyleGAN2 eq. 4)
     if run.ckpt is not None:  # a checkpoint from before attribute labels
         run.ckpt.setdefault("class_counts", counts)
-    run.track(
-        classes=data.classes,
-        class_counts=counts,
-        G=G,
-        D=D,
-        G_ema=G_ema,
-        opt_G=opt_G,
-        opt_D=opt_D,
-        loader=batches,
-        ada_p=ada.p,
-        ada_signs=ada.signs,
-        pl_mean=pl_mean,
-    )
+    run.track(classes=data.classes, class_counts=counts, G=G, D=D, G_ema=G_ema, opt_G=opt_G,
+              opt_D=opt_D, loader=batches, ada_p=ada.p, ada_signs=ada.signs,
+              pl_mean=pl_mean)  # fmt: skip
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
     # --compile: torch.compile; no DDP (all_reduce_grads); R1 and path length use eager G and D
     G_train, D_train = run.wrap(G, D, ddp=False)
@@ -850,17 +840,9 @@ def train(args):
 
         # r1, pl (the last penalties), pl_mean and p are logged every step too, so the log line
         # shows their means over the log interval
-        run.log(
-            loss_D=loss_D,
-            loss_G=loss_G,
-            d_real=logits_real.mean(),
-            d_fake=logits_fake.mean(),
-            r_t=logits_real.sign().mean(),
-            r1=r1_last,
-            pl=pl_last,
-            pl_mean=pl_mean,
-            p=ada.p,
-        )
+        run.log(loss_D=loss_D, loss_G=loss_G, d_real=logits_real.mean(), d_fake=logits_fake.mean(),
+                r_t=logits_real.sign().mean(), r1=r1_last, pl=pl_last, pl_mean=pl_mean,
+                p=ada.p)  # fmt: skip
     return G_ema
 
 
