@@ -5020,6 +5020,33 @@ def test_bench_peak_is_a_positive_matmul_rate_quickly(capsys):
         bench.main(["--flops", "dcgan", "--flops-from", "x.json"])
 
 
+def test_bench_peak_on_a_gpu_times_tf32_between_synchronizations_then_restores_fp32(monkeypatch):
+    """peak_gflop_s on `cuda` (faked: the tensors stay on the CPU): each timed matmul runs with
+    float32 matmul precision "high" (TF32, as the models set it on a GPU), every timing waits for
+    the GPU (warm-up, the probe of reps, each trial), and the precision is restored after."""
+    cuda, to, matmul, syncs, seen = torch.device("cuda", 0), torch.Tensor.to, torch.matmul, [], []
+    monkeypatch.setattr(torch.Tensor, "to", lambda t, device, dtype: to(t, dtype=dtype))
+    monkeypatch.setattr(torch.cuda, "synchronize", lambda device: syncs.append(device))
+
+    def traced(a, b, out):
+        seen.append(torch.get_float32_matmul_precision())
+        return matmul(a, b, out=out)
+
+    monkeypatch.setattr(torch, "matmul", traced)
+    old = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("highest")
+    try:
+        rate = bench.peak_gflop_s(cuda, "fp32", size=32, trials=2, min_seconds=1e-4)
+        assert rate > 0 and torch.get_float32_matmul_precision() == "highest"
+    finally:
+        torch.set_float32_matmul_precision(old)
+    assert len(seen) >= 2 + 1 + 2 and set(seen) == {"high"}  # warm-up, probe, 2 trials
+    assert syncs == [cuda] * 4  # after the warm-up, the probe and each of the 2 trials
+    seen.clear()
+    bench.peak_gflop_s(torch.device("cpu"), "fp32", size=32, trials=1, min_seconds=1e-4)
+    assert set(seen) == {old} and len(syncs) == 4  # a CPU: no TF32, nothing to wait for
+
+
 @pytest.mark.skipif("dcgan" not in MODELS, reason="dcgan.py absent")
 def test_bench_speed_table_has_gflop_s_and_share_of_peak(tmp_path, capsys):
     flops = tiny_flops_file(tmp_path)
