@@ -41,10 +41,32 @@ Not from the paper: engineering
   that hold u and v under their older names (`...sn.u`, `...sn.v`) still load (SpectralNorm).
 - Each block's gamma is logged (gamma_G, gamma_D), to show that attention is being used.
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
-Other projects' checkpoints: heykeetae/Self-Attention-GAN's N_G.pth / N_D.pth are recognised
-  and refused in one line: its G and D are other networks (two attention blocks without spectral
-  norm or output conv, biases, no spectral norm on the last layers), so their weights would not
-  mean the same here                                                   -> read_weights
+Another project's network: heykeetae/Self-Attention-GAN (`--arch heykeetae`)
+- Its trainer.py's `{step}_G.pth` / `{step}_D.pth` (plain state dicts, trainer.py:186-189) are
+  read: sampled, `--init` fine-tunes from them, and `--arch heykeetae` trains that network from
+  scratch with this file's loop (hinge loss, TTUR, one D forward on real and fake, EMA)
+                                                                     -> read_heykeetae, networks
+- Its network (sagan_models.py:42-153), 64x64 only, its widths generalised (g_ch, d_ch for its
+  conv_dim 64; it hard-codes the attention widths, lines 88-89, 141-142): G = transposed convs
+  z -> 8ch at 4x4, then 4ch, 2ch, ch, each with a bias, BatchNorm and ReLU, attention after
+  16x16 (2ch) and 32x32 (ch), a last transposed conv to RGB and tanh; D = 4x4 stride-2 convs
+  with biases and LeakyReLU 0.1, 3 -> ch -> 2ch -> 4ch, attention at 8x8 (4ch), -> 8ch,
+  attention at 4x4 (8ch), a 4x4 conv to the logit. Spectral norm on every layer but the last
+  ones and the attention convs; torch's default initialisation (it sets none)
+                                                    -> HeykeetaeGenerator, HeykeetaeDiscriminator
+- Its attention block (sagan_models.py:8-40): query and key to C/8 channels, the value to C (so
+  no output conv), with biases, no spectral norm, gamma of shape (1,) -> HeykeetaeSelfAttention
+- Its spectral norm (spectral.py:23-35, 66-68) takes a transposed conv's weight (in, out, kh,
+  kw) with the input channels as rows, and iterates on every forward, sampling included. Here
+  training forwards do the same; an eval forward does that iteration from the stored u without
+  storing it, so every eval forward equals their first forward after loading, and one z gives
+  one image                                    -> HeykeetaeSNConv2d, HeykeetaeSNConvTranspose2d
+- z ~ N(0, I), untruncated, as their trainer.py draws it (torch.randn, lines 111, 154), for
+  training and samples (--truncation T: N(0, I) truncated to [-T, T])          -> sample_z
+- Their names, mapped to ours: a spectral-norm wrapper's module.weight_bar, weight_u, weight_v
+  and module.bias -> weight, u, v, bias; attention's query_conv -> query (key, value alike); a
+  DataParallel `module.` prefix (their --parallel) dropped. A D file alone gives z_dim 128 (their
+  parameter.py:15 default) and g_ch = d_ch                               -> HEYKEETAE_NAMES
 
 Usage
     python sagan.py                                   # built-in toy faces, 64x64
@@ -53,6 +75,9 @@ Usage
     python sagan.py --data ./faces --resume --steps 60000   # continue out/sagan-faces
     torchrun --nproc_per_node=4 sagan.py --data ./faces
     python sagan.py --sample out/sagan-faces/ckpt.pt --n 64 [--interp]
+    python sagan.py --sample models/sagan_1/100000_G.pth    # heykeetae's G (its D read beside)
+    python sagan.py --data ./faces --init models/sagan_1/100000_G.pth   # fine-tune G and D
+    python sagan.py --data ./faces --arch heykeetae         # their network, this file's loop
 """
 
 import argparse
@@ -62,6 +87,7 @@ import io
 import json
 import math
 import os
+import re
 import signal
 import sys
 import threading
@@ -82,7 +108,13 @@ Z_STD, Z_BOUND = 0.5, 1.0  # z ~ N(0, Z_STD^2 I) truncated to [-Z_BOUND, Z_BOUND
 # --- model --------------------------------------------------------------------------------------
 
 
-def check_res(res, attn_res=None):
+def check_res(res, attn_res=None, arch="sagan", upsample="convtranspose"):
+    if arch == "heykeetae":  # their G and D have four layers of fixed sizes
+        if res != 64:
+            raise UserError(f"--arch heykeetae builds 64x64 images only; got --res {res}")
+        if attn_res is not None or upsample != "convtranspose":
+            raise UserError("--attn-res and --upsample do not apply to --arch heykeetae")
+        return
     if res < 32 or res & (res - 1):
         raise UserError(f"{MODEL} builds power-of-two resolutions from 32 up; got --res {res}")
     sizes = [2**k for k in range(2, int(math.log2(res)))]
@@ -97,27 +129,32 @@ class SpectralNorm:
     One iteration per training forward: W changes little per step, so u and v, kept as buffers
     (in the checkpoint), stay close to the top singular vectors."""
 
-    out_dim = 0  # the weight's output-channel dimension (ConvTranspose2d: 1)
+    row_dim = 0  # the weight's dimension that gives the matrix's rows (ConvTranspose2d: 1, out)
+    iterate_in_eval = False  # an eval forward uses u and v as stored (heykeetae's layers: True)
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)  # the layer's own __init__, next in the MRO
-        rows = self.weight.shape[self.out_dim]
+        rows = self.weight.shape[self.row_dim]
         self.register_buffer("u", F.normalize(torch.randn(rows), dim=0))
         self.register_buffer("v", F.normalize(torch.randn(self.weight.numel() // rows), dim=0))
 
     def sn_weight(self):  # W / sigma(W), in fp32 and in the weight's own shape
-        W = self.weight.transpose(0, self.out_dim)  # (out, in, kh, kw)
+        W = self.weight.transpose(0, self.row_dim)  # (out, in, kh, kw) unless row_dim says else
         with torch.autocast(W.device.type, enabled=False):  # a bf16 sigma would be off by ~1%
             M = W.flatten(1).float()  # (out, in*kh*kw)
-            if self.training:  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
-                with torch.no_grad():
-                    self.v.copy_(F.normalize(torch.mv(M.t(), self.u), dim=0))
-                    self.u.copy_(F.normalize(torch.mv(M, self.v), dim=0))
+            u, v = self.u, self.v
+            if self.training or self.iterate_in_eval:
+                with torch.no_grad():  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
+                    v = F.normalize(torch.mv(M.t(), u), dim=0)
+                    u = F.normalize(torch.mv(M, v), dim=0)
+                if self.training:  # kept for the next step; an eval forward leaves them as stored
+                    self.v.copy_(v)
+                    self.u.copy_(u)
             # sigma(W) = u^T W v, u and v constants: the gradient reaches W through sigma too.
-            # Copies: a second training forward before backward rewrites the buffers in place,
-            # which would invalidate this graph
-            sigma = torch.dot(self.u.clone(), torch.mv(M, self.v.clone()))
-            return (M / sigma).view_as(W).transpose(0, self.out_dim)
+            # Copies: u and v may be the buffers (eval), which a training forward before this
+            # graph's backward would rewrite in place
+            sigma = torch.dot(u.clone(), torch.mv(M, v.clone()))
+            return (M / sigma).view_as(W).transpose(0, self.row_dim)
 
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # older checkpoints hold u and v in a submodule `sn` (`...sn.u`): load them as `...u`
@@ -133,7 +170,7 @@ class SNConv2d(SpectralNorm, nn.Conv2d):
 
 
 class SNConvTranspose2d(SpectralNorm, nn.ConvTranspose2d):
-    out_dim = 1  # the weight is (in, out, kh, kw)
+    row_dim = 1  # the weight is (in, out, kh, kw)
 
     def forward(self, x):
         W = self.sn_weight()  # (in, out, kh, kw)
@@ -178,6 +215,8 @@ def upsample_conv(c_in, c_out, mode):
 class Generator(nn.Module):
     """z (B, z_dim) -> image (B, 3, res, res). Channels halve as the resolution doubles;
     self-attention after the attn_res x attn_res block (default res / 2: 32x32 for 64x64)."""
+
+    arch = "sagan"  # its z: sample_z
 
     def __init__(self, res=64, z_dim=128, ch=64, attn_res=None, upsample="convtranspose"):
         super().__init__()
@@ -235,7 +274,106 @@ def init_weights(m):
 
 def attention_gamma(model):
     """The first self-attention block's gamma (eq. 3), logged to show attention in use."""
-    return next(m for m in model.modules() if isinstance(m, SelfAttention)).gamma
+    return next(m for m in model.modules() if isinstance(m, SelfAttention)).gamma.reshape(())
+
+
+# --- the second architecture: heykeetae/Self-Attention-GAN's network (--arch heykeetae) ---------
+
+
+class HeykeetaeSNConv2d(SNConv2d):
+    """Their spectral norm (spectral.py): one power iteration on every forward. In eval mode it
+    starts from the stored u and its result is not kept, so every eval forward gives their first
+    forward after loading (theirs moves u even while sampling), and one z one image."""
+
+    iterate_in_eval = True
+
+
+class HeykeetaeSNConvTranspose2d(SNConvTranspose2d):
+    row_dim = 0  # their wrapper takes rows from the weight's first dimension: the input channels
+    iterate_in_eval = True
+
+
+class HeykeetaeSelfAttention(SelfAttention):
+    """Their attention block: query f and key g to C/8 channels, the value h straight to C, so
+    there is no output conv; biases, no spectral norm; gamma of shape (1,) starting at 0."""
+
+    def __init__(self, c):
+        nn.Module.__init__(self)  # its own layers, not SelfAttention's
+        self.query = nn.Conv2d(c, max(c // 8, 1), 1)
+        self.key = nn.Conv2d(c, max(c // 8, 1), 1)
+        self.value = nn.Conv2d(c, c, 1)
+        self.gamma = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x):
+        B, C, H, W = x.shape
+        q, k, v = self.qkv(x)  # (B, 1, N, C/8) twice, (B, 1, N, C)
+        o = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # (B, 1, N, C), eqs. 1-2
+        # eq. 3 without the output conv v: the value already has C channels
+        return x + self.gamma * o[:, 0].transpose(1, 2).reshape(B, C, H, W)
+
+
+class HeykeetaeGenerator(nn.Module):
+    """Their G (sagan_models.py), 64x64 only: z (B, z_dim) -> image (B, 3, 64, 64). Layers named
+    as in their files (l1-l4, attn1, attn2, last), so a file loads after HEYKEETAE_NAMES."""
+
+    arch, res = "heykeetae", 64  # its z: sample_z
+
+    def __init__(self, z_dim=128, ch=64):
+        super().__init__()
+        self.z_dim = z_dim
+
+        def up(c_in, c_out, *stride):  # spectral-normalised transposed conv, BatchNorm, ReLU
+            conv = HeykeetaeSNConvTranspose2d(c_in, c_out, 4, *stride)
+            return nn.Sequential(conv, nn.BatchNorm2d(c_out), nn.ReLU(inplace=True))
+
+        self.l1 = up(z_dim, 8 * ch)  # (B, z_dim, 1, 1) -> (B, 8ch, 4, 4)
+        self.l2 = up(8 * ch, 4 * ch, 2, 1)  # -> (B, 4ch, 8, 8)
+        self.l3 = up(4 * ch, 2 * ch, 2, 1)  # -> (B, 2ch, 16, 16)
+        self.attn1 = HeykeetaeSelfAttention(2 * ch)
+        self.l4 = up(2 * ch, ch, 2, 1)  # -> (B, ch, 32, 32)
+        self.attn2 = HeykeetaeSelfAttention(ch)
+        self.last = nn.Sequential(nn.ConvTranspose2d(ch, 3, 4, 2, 1), nn.Tanh())  # (B, 3, 64, 64)
+
+    def forward(self, z):
+        x = self.attn1(self.l3(self.l2(self.l1(z[:, :, None, None]))))  # (B, 2ch, 16, 16)
+        return self.last(self.attn2(self.l4(x)))
+
+
+class HeykeetaeDiscriminator(nn.Module):
+    """Their D (sagan_models.py), 64x64 only: image (B, 3, 64, 64) -> logit (B,)."""
+
+    def __init__(self, ch=64):
+        super().__init__()
+
+        def down(c_in, c_out):  # spectral-normalised 4x4 stride-2 conv, LeakyReLU 0.1
+            conv = HeykeetaeSNConv2d(c_in, c_out, 4, 2, 1)
+            return nn.Sequential(conv, nn.LeakyReLU(0.1, inplace=True))
+
+        self.l1 = down(3, ch)  # (B, 3, 64, 64) -> (B, ch, 32, 32)
+        self.l2 = down(ch, 2 * ch)  # -> (B, 2ch, 16, 16)
+        self.l3 = down(2 * ch, 4 * ch)  # -> (B, 4ch, 8, 8)
+        self.attn1 = HeykeetaeSelfAttention(4 * ch)
+        self.l4 = down(4 * ch, 8 * ch)  # -> (B, 8ch, 4, 4)
+        self.attn2 = HeykeetaeSelfAttention(8 * ch)
+        # (B, 8ch, 4, 4) -> (B, 1, 1, 1): a one-layer Sequential, as in their files (last.0)
+        self.last = nn.Sequential(nn.Conv2d(8 * ch, 1, 4))
+
+    def forward(self, x):
+        x = self.attn1(self.l3(self.l2(self.l1(x))))  # (B, 4ch, 8, 8)
+        return self.last(self.attn2(self.l4(x))).flatten()
+
+
+def networks(a, device="cpu"):
+    """(G, D) for a's --arch and sizes (ARCH; args or read_weights' "args"), initialised, on
+    device: this file's network (weights N(0, 0.02)) or heykeetae's (torch's defaults as theirs)."""
+    if a["arch"] == "heykeetae":
+        G, D = HeykeetaeGenerator(a["z_dim"], a["g_ch"]), HeykeetaeDiscriminator(a["d_ch"])
+        return G.to(device), D.to(device)
+    G = Generator(a["res"], a["z_dim"], a["g_ch"], a["attn_res"], a["upsample"]).to(device)
+    D = Discriminator(a["res"], a["d_ch"], a["attn_res"]).to(device)
+    G.apply(init_weights)
+    D.apply(init_weights)
+    return G, D
 
 
 # --- losses -------------------------------------------------------------------------------------
@@ -276,17 +414,14 @@ def update_ema(G_ema, G, beta):
 
 
 def train(args):
-    check_res(args.res, args.attn_res)
+    check_res(args.res, args.attn_res, args.arch, args.upsample)
     run = Run(args)  # device, precision, DDP, seed, --resume: the plumbing block below
     args, device = run.args, run.device
     data = load_images(args.data, args.res, verbose=run.rank == 0)
     batches = Batches(
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
-    G = Generator(args.res, args.z_dim, args.g_ch, args.attn_res, args.upsample).to(device)
-    D = Discriminator(args.res, args.d_ch, args.attn_res).to(device)
-    G.apply(init_weights)
-    D.apply(init_weights)
+    G, D = networks(vars(args), device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     # TTUR (sec. 4.2): D's larger learning rate stands in for several D steps per G step;
     # Adam beta1 = 0, beta2 = 0.9 (sec. 5)
@@ -295,7 +430,8 @@ def train(args):
     run.track(G=G, D=D, G_ema=G_ema, opt_G=opt_G, opt_D=opt_D, loader=batches)  # --resume loads
     scaler_G, scaler_D = run.scaler_G, run.scaler_D  # fp16 loss scaling (no-ops in bf16, fp32)
     G_train, D_train = run.wrap(G, D)  # DDP under torchrun, torch.compile with --compile
-    z_fixed = sample_z(64, args.z_dim, torch.Generator().manual_seed(args.seed)).to(device)
+    z_fixed = sample_z(64, args.z_dim, torch.Generator().manual_seed(args.seed), arch=args.arch)
+    z_fixed = z_fixed.to(device)
 
     for step in run.steps(grid=lambda: G_ema(z_fixed), about=f"{len(data.labels)} images"):
         x_real, _ = next(batches)  # (B, 3, res, res) in [-1, 1]
@@ -305,7 +441,7 @@ def train(args):
         # (1) update D: minimise E[max(0, 1 - D(x))] + E[max(0, 1 + D(G(z)))]  (sec. 3, eq. 4);
         # real and fake in one forward, scored with the same spectral norms.
         # z is drawn on the device from its global RNG (a CUDA kernel there, no host-to-device copy)
-        z = sample_z(B, args.z_dim, None, device=device)
+        z = sample_z(B, args.z_dim, None, device=device, arch=args.arch)
         with run.autocast:
             with torch.no_grad():  # loss_D needs no gradient through G
                 x_fake = G_train(z)
@@ -318,7 +454,7 @@ def train(args):
         scaler_D.update()
 
         # (2) update G: minimise -E[D(G(z))]  (sec. 3, eq. 4), on a fresh z
-        z = sample_z(B, args.z_dim, None, device=device)
+        z = sample_z(B, args.z_dim, None, device=device, arch=args.arch)
         with run.autocast:
             loss_G = loss_g(D_train(G_train(z)).float())
         opt_G.zero_grad(set_to_none=True)
@@ -342,33 +478,27 @@ def train(args):
 # --- sampling -----------------------------------------------------------------------------------
 
 
-def sample_z(n, z_dim, gen, truncation=None, device="cpu"):
+def sample_z(n, z_dim, gen, truncation=None, device="cpu", arch="sagan"):
     """z ~ N(0, Z_STD^2 I) truncated to [-Z_BOUND, Z_BOUND], in training and for samples; with
     truncation T the bound is T instead. Drawn by inverse CDF, so no redraw loop syncs the GPU.
+    --arch heykeetae: z ~ N(0, I) as their trainer.py draws it, truncated only to a given T.
     gen: a torch.Generator on `device`, or None for the device's global RNG (training)."""
+    if arch == "heykeetae" and truncation is None:
+        return torch.randn(n, z_dim, generator=gen, device=device)
+    std = Z_STD if arch == "sagan" else 1.0
     bound = Z_BOUND if truncation is None else truncation
     z = torch.empty(n, z_dim, device=device)
-    return nn.init.trunc_normal_(z, 0.0, Z_STD, -bound, bound, generator=gen)
+    return nn.init.trunc_normal_(z, 0.0, std, -bound, bound, generator=gen)
 
 
-ARCH = ("res", "z_dim", "g_ch", "d_ch", "attn_res", "upsample")  # the arguments that shape G and D
-
-
-# heykeetae/Self-Attention-GAN's trainer.py files, recognised by their spectral-norm wrapper's
-# names (`...module.weight_bar`, `weight_u`, `weight_v`) and refused with what differs
-HEYKEETAE = (
-    "a heykeetae/Self-Attention-GAN G or D file, whose network sagan.py does not build: it has two"
-    " attention blocks (64x64: G at 16 and 32, D at 8 and 4; ours one, at res/2), each with a"
-    " C-channel value conv, no output conv, biases and no spectral norm (ours: C/8 channels, a"
-    " conv back to C, spectral norm, no biases), biases in G's convs, and no spectral norm on the"
-    " last layers"
-)
+# the arguments that shape G and D (a checkpoint without "arch" is from before it: "sagan")
+ARCH = ("res", "z_dim", "g_ch", "d_ch", "attn_res", "upsample", "arch")
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
-    load_generator and --init read. Torch files only, weights_only=True (nothing in a file runs);
-    heykeetae/Self-Attention-GAN's N_G.pth / N_D.pth are recognised and refused (HEYKEETAE)."""
+    """A checkpoint of this file, or a heykeetae/Self-Attention-GAN trainer.py file ({step}_G.pth
+    or {step}_D.pth, its pair read from the same folder), as {"args": the sizes (ARCH), "G", "D",
+    "G_ema"}: what load_generator and --init read. Torch files only, weights_only=True."""
     device = check_device(device)
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
@@ -378,25 +508,93 @@ def read_weights(path, device="cpu"):
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
     if isinstance(found, dict) and "model" in found:
         ckpt = load_checkpoint(path, device)
-        return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
-    if isinstance(found, dict) and any(str(k).endswith(".module.weight_bar") for k in found):
-        raise UserError(f"{path} is {HEYKEETAE}")
-    raise UserError(f"{path} is not a {MODEL} checkpoint")
+        a = dict(arch="sagan") | ckpt["args"]  # no "arch": from before --arch, this network
+        return dict(ckpt, args={k: a[k] for k in ARCH})
+    if is_heykeetae(found):
+        return read_heykeetae(path, found, device)
+    raise UserError(f"{path} is not a {MODEL} checkpoint nor a heykeetae/Self-Attention-GAN file")
+
+
+# their names -> ours: a spectral-norm wrapper (spectral.py) holds the layer as `module` and its
+# weight as weight_bar, with u and v beside it; the attention convs end in _conv
+HEYKEETAE_NAMES = {
+    ".module.weight_bar": ".weight",
+    ".module.weight_u": ".u",
+    ".module.weight_v": ".v",
+    ".module.bias": ".bias",
+    "_conv.": ".",
+}
+
+
+def is_heykeetae(sd):  # their files are recognised by the spectral-norm wrapper's names
+    return isinstance(sd, dict) and any(str(k).endswith(".module.weight_bar") for k in sd)
+
+
+def read_heykeetae(path, sd, device):
+    """heykeetae/Self-Attention-GAN's trainer.py files, {step}_G.pth and {step}_D.pth (plain state
+    dicts; the other of the pair is read from the same folder when it is there), renamed to our
+    Heykeetae* modules' names. Sizes from the shapes: z_dim from G's first layer, g_ch from its
+    last, d_ch from D's first (a D alone: z_dim 128, their default, and g_ch = d_ch). No G_ema."""
+    pair = re.sub(r"_([GD])\.pth$", lambda m: f"_{'DG'[m[1] == 'D']}.pth", path)
+    files = [(path, sd)] + [(pair, None)] * (pair != path and os.path.isfile(pair))
+    nets, a = {}, dict(res=64, attn_res=None, upsample="convtranspose", arch="heykeetae")
+    for p, sd in files:
+        try:
+            sd = torch.load(p, map_location=device, weights_only=True) if sd is None else sd
+        except Exception as e:
+            raise UserError(f"{p} is not a readable checkpoint ({type(e).__name__})") from None
+        if not is_heykeetae(sd):
+            raise UserError(f"{p}, beside {path}, is not a heykeetae/Self-Attention-GAN file")
+        sd = {heykeetae_name(str(k)): v for k, v in sd.items()}
+        name = "G" if "l1.1.running_mean" in sd else "D"  # G: a BatchNorm after each layer
+        first, last = sd.get("l1.0.weight"), sd.get("last.0.weight")
+        if name in nets or first is None or last is None or first.ndim != 4 or last.ndim != 4:
+            what = f"a second {name}" if name in nets else f"a {name} without l1 and last layers"
+            raise UserError(f"{p} holds {what}; --arch heykeetae reads their G and D")
+        res, rgb = 64 if "l4.0.weight" in sd else 32, (last if name == "G" else first).shape[1]
+        if res != 64 or rgb != 3:
+            raise UserError(f"{p}: its {name} is for {rgb}-channel {res}px images; 64px RGB only")
+        if name == "G":  # transposed convs: (in, out, kh, kw)
+            a.update(z_dim=first.shape[0], g_ch=last.shape[0])
+        else:
+            a.update(d_ch=first.shape[0])
+        nets[name] = sd
+    a = dict(dict(z_dim=128, g_ch=a.get("d_ch"), d_ch=a.get("g_ch")), **a)
+    built = dict(zip("GD", networks(a)))
+    for name, sd in nets.items():
+        try:
+            built[name].load_state_dict(sd)
+        except RuntimeError as e:  # the first line that says which layer differs
+            why = next((t.strip() for t in str(e).splitlines()[1:] if t.strip()), str(e))
+            raise UserError(
+                f"{path}: its {name} is not a network {MODEL}.py builds ({why})"
+            ) from None
+    return dict(args={k: a[k] for k in ARCH}, G=nets.get("G"), D=nets.get("D"), G_ema=None)
+
+
+def heykeetae_name(key):  # e.g. l1.0.module.weight_bar -> l1.0.weight (HEYKEETAE_NAMES)
+    key = key.removeprefix("module.")  # saved from nn.DataParallel (their --parallel)
+    for theirs, ours in HEYKEETAE_NAMES.items():
+        key = key.replace(theirs, ours)
+    return key
 
 
 def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
-    a = (ckpt := read_weights(path, device))["args"]
-    G = Generator(a["res"], a["z_dim"], a["g_ch"], a["attn_res"], a["upsample"]).to(device)
-    G.load_state_dict(ckpt["G_ema"])
+    """Checkpoint -> G_ema (G where the file has no G_ema) in eval mode, with .res, .z_dim and
+    .arch for generate()."""
+    ckpt = read_weights(path, device)
+    if ckpt["G_ema"] is None and ckpt["G"] is None:
+        raise UserError(f"{path} holds no generator")
+    G = networks(ckpt["args"], device)[0]
+    G.load_state_dict(ckpt["G_ema"] if ckpt["G_ema"] is not None else ckpt["G"])
     return G.eval().requires_grad_(False)
 
 
 @torch.no_grad()
 def generate(G, n, seed=0, truncation=None, y=None):
     """n images in [-1, 1], (n, 3, res, res) float32 on the CPU; the same seed, the same images.
-    truncation: the bound on |z| (default Z_BOUND). y is ignored (unconditional)."""
-    z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation)
+    truncation: the bound on |z| (default Z_BOUND; --arch heykeetae: none). y is ignored."""
+    z = sample_z(n, G.z_dim, torch.Generator().manual_seed(seed), truncation, arch=G.arch)
     device = next(G.parameters()).device
     return torch.cat([G(z[i : i + 256].to(device)).float().cpu() for i in range(0, n, 256)])
 
@@ -405,7 +603,7 @@ def generate(G, n, seed=0, truncation=None, y=None):
 def interpolation_frames(G, n, seed=0, truncation=None, y=None, keys=4, steps=16):
     """Frames of n images, each moving on a great circle through `keys` latents and back."""
     gen, device = torch.Generator().manual_seed(seed), next(G.parameters()).device
-    zs, frames = [sample_z(n, G.z_dim, gen, truncation) for _ in range(keys)], []
+    zs, frames = [sample_z(n, G.z_dim, gen, truncation, arch=G.arch) for _ in range(keys)], []
     for a, b in zip(zs, zs[1:] + zs[:1]):
         cos = (F.normalize(a, dim=1) * F.normalize(b, dim=1)).sum(1, keepdim=True)
         omega = torch.arccos(cos.clamp(-1, 1)).clamp_min(1e-6)  # (n, 1): the angle a to b
@@ -896,6 +1094,14 @@ def get_args(argv=None):
         default="convtranspose",
         choices=["convtranspose", "nearest"],
         help="G's x2 upsampling: stride-2 transposed conv, or nearest + 3x3 conv",
+    )
+    add(
+        "--arch",
+        default="sagan",
+        choices=["sagan", "heykeetae"],
+        help="the networks: this file's, or heykeetae/Self-Attention-GAN's (64x64 only; two"
+        " attention blocks with a C-channel value and biases, no spectral norm on them nor on the"
+        " last layers), whose {step}_G.pth / _D.pth --sample and --init also read",
     )
     return parse_args(p, argv)
 
