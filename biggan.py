@@ -584,7 +584,7 @@ def read_weights(path, device="cpu"):
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
     name = BIGGAN_PYTORCH.fullmatch(os.path.basename(path))
-    found = None if name and name[1] == "state_dict" else load_tensors(path, device)
+    found = None if name and name[1] == "state_dict" else read_torch(path, device)
     if isinstance(found, dict) and "model" in found:
         ckpt = load_checkpoint(path, device)
         return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
@@ -592,16 +592,6 @@ def read_weights(path, device="cpu"):
         why = "nor a BigGAN-PyTorch G.pth, G_ema.pth, D.pth or state_dict.pth"
         raise UserError(f"{path} is not a {MODEL} checkpoint {why}")
     return read_biggan_pytorch(path, name, found, device)
-
-
-def load_tensors(path, device, allow=()):
-    """torch.load with weights_only=True: tensors and plain containers, and the torch classes in
-    `allow` rebuilt from their saved state; anything else is refused in one line."""
-    try:
-        with torch.serialization.safe_globals(list(allow)):
-            return torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
 
 
 def read_biggan_pytorch(path, name, found, device):
@@ -618,7 +608,7 @@ def read_biggan_pytorch(path, name, found, device):
     files = {k: os.path.join(folder, f"{k}{suffix}.pth") for k in ("G", "G_ema", "D", "state_dict")}
     nets, sizes = dict(G=None, G_ema=None, D=None), {}
     for k in [k for k in nets if os.path.isfile(files[k])]:
-        sd = found if k == name[1] else load_tensors(files[k], device)
+        sd = found if k == name[1] else read_torch(files[k], device)
         sd = {n.removeprefix("module."): v for n, v in (sd.items() if isinstance(sd, dict) else ())}
         need = ("embed", "blocks.0.0.conv1") if k == "D" else ("linear", "blocks.0.0.bn1.gain")
         if lacks := [n for n in need if n + ".weight" not in sd]:
@@ -634,7 +624,7 @@ def read_biggan_pytorch(path, name, found, device):
     config = {}
     if os.path.isfile(files["state_dict"]):
         with contextlib.suppress(UserError):
-            state = load_tensors(files["state_dict"], device, allow=[nn.ReLU])
+            state = read_torch(files["state_dict"], device, allow=[nn.ReLU])
             config = state.get("config", {}) if isinstance(state, dict) else {}
     for k, ours in (("norm_style", "bn"), ("BN_eps", 1e-5)):
         if config.get(k, ours) != ours:
@@ -1210,7 +1200,11 @@ def start_or_resume(args):
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
-        if k in saved and getattr(args, k) != saved[k]:
+        if k not in saved:  # a flag newer than the run (which has its default)
+            raise UserError(
+                f"{flag(k)}: {path} is from before that flag; on --resume only {can} can change"
+            )
+        if getattr(args, k) != saved[k]:
             was = f"differs from the run's {saved[k]}; on --resume only {can} can change"
             raise UserError(f"{flag(k)} {getattr(args, k)} {was}")
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
@@ -1237,14 +1231,26 @@ def init_from(args, typed):
     return args, dict(weights, init=args.init)
 
 
-def load_checkpoint(path, device="cpu"):
+def read_torch(path, device="cpu", allow=()):
+    """torch.load with weights_only=True: tensors, plain containers and the torch classes in
+    `allow` (rebuilt from their saved state); nothing in the file runs. A missing or unreadable
+    file, or a global that weights_only refuses, is one line that says which."""
     device = check_device(device)  # an absent GPU is said as such, not as an unreadable file
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
+        refused = re.search(r"GLOBAL (\S+)", str(e))  # weights_only names what it refused
+        if refused:
+            why = f"refused global {refused[1]}; nothing in the file was run"
+            raise UserError(f"{path}: {why}") from None
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    ckpt = read_torch(path, device)
     found = ckpt.get("model") if isinstance(ckpt, dict) else None
     if found != MODEL:
         raise UserError(f"{path} is not a {MODEL} checkpoint (model: {found})")

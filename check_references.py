@@ -381,17 +381,146 @@ def refused_by_cli(model, folder, files):
     return [0.0 if ok and not wrote else float("inf")]
 
 
-def check_sagan(ref_dir):
-    """sagan_models.py's Generator and Discriminator saved as trainer.py saves them."""
-    sys.path.insert(0, ref_dir)
-    import sagan_models
+def sagan_fresh(ref_cls, args, state, train):
+    """The reference network as a user gets it back: built anew, its file loaded (strict)."""
+    net = ref_cls(*args)
+    net.load_state_dict(state)
+    return net.train(train)
 
-    torch.manual_seed(0)
-    G, D = sagan_models.Generator(4, 64, 16, 64), sagan_models.Discriminator(4, 64, 64)
+
+def sagan_hinge_steps(G, D, z_dim, steps, lr):
+    """trainer.py's hinge-loss loop (D on real, D on fake, then G on a fresh z), Adam betas
+    (0, 0.9) as its defaults; the 'real' images are uniform noise in [-1, 1]."""
+    opt_G = torch.optim.Adam(G.parameters(), lr, (0.0, 0.9))
+    opt_D = torch.optim.Adam(D.parameters(), 4 * lr, (0.0, 0.9))
+    for _ in range(steps):
+        real = torch.rand(8, 3, 64, 64) * 2 - 1
+        d_real = D(real)[0]
+        fake = G(torch.randn(8, z_dim))[0]
+        d_fake = D(fake)[0]
+        loss_D = torch.relu(1 - d_real).mean() + torch.relu(1 + d_fake).mean()
+        opt_D.zero_grad(), opt_G.zero_grad()
+        loss_D.backward()
+        opt_D.step()
+        loss_G = -D(G(torch.randn(8, z_dim))[0])[0].mean()
+        opt_D.zero_grad(), opt_G.zero_grad()
+        loss_G.backward()
+        opt_G.step()
+
+
+def sagan_case(sagan, ref, tmp, tag, conv_dim, z_dim, seed, train_steps=0, lr=1e-3, parallel=False):
+    print(f"{tag}: conv_dim {conv_dim}, z_dim {z_dim}, seed {seed}, {train_steps} training steps")
+    torch.manual_seed(seed)
+    G_ref = ref.Generator(8, 64, z_dim, conv_dim)
+    D_ref = ref.Discriminator(8, 64, conv_dim)
+    if train_steps:
+        sagan_hinge_steps(G_ref, D_ref, z_dim, train_steps, lr)
+    else:  # training-mode forwards move u, v and the BatchNorm statistics; gammas set off 0
+        with torch.no_grad():
+            for _ in range(3):
+                D_ref(G_ref(torch.randn(8, z_dim))[0])
+            for net in (G_ref, D_ref):
+                net.attn1.gamma.fill_(0.7), net.attn2.gamma.fill_(-0.4)
+    gammas = [
+        round(n.gamma.item(), 5) for n in (G_ref.attn1, G_ref.attn2, D_ref.attn1, D_ref.attn2)
+    ]
+    print(f"  reference gammas G attn1, attn2, D attn1, attn2: {gammas}")
+    step = 3 + train_steps
+    save_G = torch.nn.DataParallel(G_ref) if parallel else G_ref  # trainer.py's --parallel
+    save_D = torch.nn.DataParallel(D_ref) if parallel else D_ref
+    paths = [os.path.join(tmp, f"{step}_{n}.pth") for n in "GD"]
+    torch.save(save_G.state_dict(), paths[0])  # trainer.py: '{}_G.pth'.format(step + 1)
+    torch.save(save_D.state_dict(), paths[1])
+    sd_G, sd_D = copy.deepcopy(G_ref.state_dict()), copy.deepcopy(D_ref.state_dict())
+
+    w = sagan.read_weights(paths[0])
+    w_D = sagan.read_weights(paths[1])  # the D file: the same pair, read the other way round
+    print("  args", w["args"])
+    same = (
+        w_D["args"] == w["args"]
+        and all(torch.equal(w["G"][k], w_D["G"][k]) for k in w["G"])
+        and all(torch.equal(w["D"][k], w_D["D"][k]) for k in w["D"])
+    )
+    print(f"  read from {step}_D.pth: the same args, G and D: {same}")
+    G = sagan.load_generator(paths[0])
+    D = sagan.networks(w["args"])[1]
+    D.load_state_dict(w["D"])
+    D.eval()
+
+    gen = torch.Generator().manual_seed(seed + 1)
+    z = torch.randn(8, z_dim, generator=gen)
+    noise = torch.rand(8, 3, 64, 64, generator=gen) * 2 - 1
+    rels = []
+    with torch.no_grad():
+        x_ref = sagan_fresh(ref.Generator, (8, 64, z_dim, conv_dim), sd_G, False)(z)[0]
+        x = G(z)
+        rels.append(report("  G images (eval, first forward)", x, x_ref))
+        rels.append(0.0 if torch.equal(G(z), x) else float("inf"))
+        print(f"  G's second eval forward equals its first: {rels[-1] == 0.0}")
+        for name, inp in (("their G's images", x_ref), ("uniform noise", noise)):
+            theirs = sagan_fresh(ref.Discriminator, (8, 64, conv_dim), sd_D, False)(inp)[0]
+            rels.append(report(f"  D logits on {name} (eval, first forward)", D(inp), theirs))
+        # training mode: batch statistics, and u, v moved by one iteration in both
+        G_tr = sagan.networks(w["args"])[0]
+        G_tr.load_state_dict(w["G"])
+        x_tr = G_tr.train()(z)
+        x_tr_ref = sagan_fresh(ref.Generator, (8, 64, z_dim, conv_dim), sd_G, True)(z)[0]
+        rels.append(report("  G images (train mode, first forward)", x_tr, x_tr_ref))
+        D_tr = sagan.networks(w["args"])[1]
+        D_tr.load_state_dict(w["D"])
+        D_tr_ref = sagan_fresh(ref.Discriminator, (8, 64, conv_dim), sd_D, True)
+        rels.append(
+            report(
+                "  D logits on noise (train mode, first forward)", D_tr(noise), D_tr_ref(noise)[0]
+            )
+        )
+        u_ref = D_tr_ref.l1[0].module.weight_u
+        rels.append(report("  D l1's u after that forward", D_tr.l1[0].u, u_ref))
+    return rels, paths
+
+
+def check_sagan(ref_dir):
+    """sagan_models.py's Generator and Discriminator (their own code), saved as trainer.py saves
+    them ({step}_G.pth, {step}_D.pth), read as --arch heykeetae networks: three cases (their
+    widths with a small z; after 4 hinge-loss Adam steps; saved from nn.DataParallel); then
+    sagan.py --sample and --init on the last files."""
+    sys.path.insert(0, ref_dir)
+    import sagan_models as ref  # the reference's own code (it imports its spectral.py)
+
+    import sagan
+
+    rels = []
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(G.state_dict(), f"{tmp}/7_G.pth")  # trainer.py's '{step + 1}_G.pth'
-        torch.save(D.state_dict(), f"{tmp}/7_D.pth")
-        return refused_by_cli("sagan", tmp, ["7_G.pth", "7_D.pth"])
+        for i, case in enumerate([
+            dict(tag="case 1, their widths (conv_dim 64), small z", conv_dim=64, z_dim=16, seed=0),
+            dict(tag="case 2, after 4 hinge-loss Adam steps", conv_dim=64, z_dim=128, seed=1,
+                 train_steps=4, lr=2e-3),
+            dict(tag="case 3, saved from nn.DataParallel (their --parallel)", conv_dim=64,
+                 z_dim=8, seed=2, parallel=True),
+        ]):  # fmt: skip
+            folder = os.path.join(tmp, str(i))
+            os.makedirs(folder)
+            r, paths = sagan_case(sagan, ref, folder, **case)
+            rels += r
+        g_file = os.path.basename(paths[0])
+        rels.append(run_ok("sagan", ["--sample", g_file, "--n", "4", "--device", "cpu"], folder))
+        print("  grid written:", os.path.exists(os.path.join(folder, "samples_seed0.png")))
+        argv = ["--init", g_file, "--data", "toy", "--batch", "4", "--steps", "1", "--out", "run",
+                "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+        rels.append(run_ok("sagan", argv, folder))
+        ckpt = torch.load(os.path.join(folder, "run", "ckpt.pt"), weights_only=True)
+        print(f"  run checkpoint: step {ckpt['step']}, arch {ckpt['args']['arch']}")
+    return rels
+
+
+def run_ok(model, argv, cwd):
+    """`model`.py with argv in cwd: 0.0 if it exits 0, else inf; prints its last line."""
+    r = subprocess.run([sys.executable, os.path.join(HERE, f"{model}.py"), *argv], cwd=cwd,
+                       capture_output=True, text=True)  # fmt: skip
+    out = (r.stdout + r.stderr).strip().splitlines()
+    print(f"$ python {model}.py {' '.join(argv)}\n  exit {r.returncode}; last line: "
+          f"{out[-1] if out else ''}")  # fmt: skip
+    return 0.0 if r.returncode == 0 else float("inf")
 
 
 def check_sngan(ref_dir):

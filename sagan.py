@@ -499,13 +499,7 @@ def read_weights(path, device="cpu"):
     """A checkpoint of this file, or a heykeetae/Self-Attention-GAN trainer.py file ({step}_G.pth
     or {step}_D.pth, its pair read from the same folder), as {"args": the sizes (ARCH), "G", "D",
     "G_ema"}: what load_generator and --init read. Torch files only, weights_only=True."""
-    device = check_device(device)
-    if not os.path.isfile(path):
-        raise UserError(f"no checkpoint at {path}")
-    try:
-        found = torch.load(path, map_location=device, weights_only=True)
-    except Exception as e:
-        raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+    found = read_torch(path, device)
     if isinstance(found, dict) and "model" in found:
         ckpt = load_checkpoint(path, device)
         a = dict(arch="sagan") | ckpt["args"]  # no "arch": from before --arch, this network
@@ -539,10 +533,7 @@ def read_heykeetae(path, sd, device):
     files = [(path, sd)] + [(pair, None)] * (pair != path and os.path.isfile(pair))
     nets, a = {}, dict(res=64, attn_res=None, upsample="convtranspose", arch="heykeetae")
     for p, sd in files:
-        try:
-            sd = torch.load(p, map_location=device, weights_only=True) if sd is None else sd
-        except Exception as e:
-            raise UserError(f"{p} is not a readable checkpoint ({type(e).__name__})") from None
+        sd = read_torch(p, device) if sd is None else sd
         if not is_heykeetae(sd):
             raise UserError(f"{p}, beside {path}, is not a heykeetae/Self-Attention-GAN file")
         sd = {heykeetae_name(str(k)): v for k, v in sd.items()}
@@ -900,7 +891,11 @@ def start_or_resume(args):
     ckpt, flag = load_checkpoint(path), lambda k: "--" + k.replace("_", "-")
     saved, can = ckpt["args"], ", ".join(map(flag, resumable))
     for k in sorted(typed - set(resumable)):
-        if k in saved and getattr(args, k) != saved[k]:
+        if k not in saved:  # a flag newer than the run (which has its default)
+            raise UserError(
+                f"{flag(k)}: {path} is from before that flag; on --resume only {can} can change"
+            )
+        if getattr(args, k) != saved[k]:
             was = f"differs from the run's {saved[k]}; on --resume only {can} can change"
             raise UserError(f"{flag(k)} {getattr(args, k)} {was}")
     kept = {k: v for k, v in saved.items() if k not in typed | {"out", "resume"}}
@@ -927,14 +922,26 @@ def init_from(args, typed):
     return args, dict(weights, init=args.init)
 
 
-def load_checkpoint(path, device="cpu"):
+def read_torch(path, device="cpu", allow=()):
+    """torch.load with weights_only=True: tensors, plain containers and the torch classes in
+    `allow` (rebuilt from their saved state); nothing in the file runs. A missing or unreadable
+    file, or a global that weights_only refuses, is one line that says which."""
     device = check_device(device)  # an absent GPU is said as such, not as an unreadable file
     if not os.path.isfile(path):
         raise UserError(f"no checkpoint at {path}")
     try:
-        ckpt = torch.load(path, map_location=device, weights_only=True)
+        with torch.serialization.safe_globals(list(allow)):
+            return torch.load(path, map_location=device, weights_only=True)
     except Exception as e:
+        refused = re.search(r"GLOBAL (\S+)", str(e))  # weights_only names what it refused
+        if refused:
+            why = f"refused global {refused[1]}; nothing in the file was run"
+            raise UserError(f"{path}: {why}") from None
         raise UserError(f"{path} is not a readable checkpoint ({type(e).__name__})") from None
+
+
+def load_checkpoint(path, device="cpu"):
+    ckpt = read_torch(path, device)
     found = ckpt.get("model") if isinstance(ckpt, dict) else None
     if found != MODEL:
         raise UserError(f"{path} is not a {MODEL} checkpoint (model: {found})")
