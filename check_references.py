@@ -24,9 +24,12 @@ in this file. The exit status is 1 if any relative error is above 1e-5.
   network-snapshot-*.pkl, at three configurations; then our reading written as a TensorFlow
   (G, D, Gs) pickle (test_models.py's fixture writer), converted by the reference's legacy.py and
   read by us; last, one training step started from a real snapshot with --init and --freeze-d.
-- sagan, sngan: their train scripts' files (SAGAN: N_G.pth / N_D.pth; SNGAN: the train.py
-  checkpoint dict and a bare netG state dict) given to sagan.py / sngan.py --sample and --init,
-  which must each exit 1 with a one-line error (these files are not read).
+- sagan: sagan_models.py's Generator and Discriminator saved as trainer.py saves them (N_G.pth,
+  N_D.pth), read as --arch heykeetae, in three cases; G's images and D's logits in eval mode (their
+  first forward after loading) and in training mode; then --sample and --init on the files.
+- sngan: sngan.py's NetG / NetD and utils.py's EMA, loaded by file, a few of their training steps
+  (hinge and vanilla loss, blocks per stage (1,1,1,1), (2,2,2,2), (1,2,3,1)), saved as train.py's
+  checkpoint dict and a bare netG, read as --arch tqch; then --sample and --init on the file.
 
 No internet is needed beyond the checkout, but each checkout needs its own dependencies importable:
 stylegan2-ada-pytorch its own torch_utils and dnnlib (in the checkout) and numpy; BigGAN-PyTorch
@@ -49,6 +52,7 @@ import torch
 
 HERE = os.path.dirname(os.path.abspath(__file__))  # our model files
 sys.path.insert(0, HERE)
+import sngan  # noqa: E402  (ours, before a checkout's sngan.py is on the path)
 from common import UserError  # noqa: E402
 
 TOLERANCE = 1e-5  # the largest relative error that passes
@@ -363,24 +367,7 @@ def check_stylegan2_ada(ref_dir):
     return rels + [0.0 if kept and moved else float("inf")]
 
 
-# -------------------------------------------- heykeetae/Self-Attention-GAN, tqch/SNGAN-AnimeFace
-def refused_by_cli(model, folder, files):
-    """`model`.py --sample and --init on each file: each must exit 1 with one line -> 0 or inf."""
-    ok = True
-    for name in files:
-        for argv in (["--sample", name], ["--init", name, "--out", "run"]):
-            argv = [*argv, "--device", "cpu"]
-            r = subprocess.run([sys.executable, os.path.join(HERE, f"{model}.py"), *argv],
-                               cwd=folder, capture_output=True, text=True)  # fmt: skip
-            lines = r.stderr.strip().splitlines()
-            ok &= r.returncode == 1 and len(lines) == 1
-            print(f"$ python {model}.py {' '.join(argv)}\n  exit {r.returncode}, "
-                  f"{len(lines)} stderr line(s): {r.stderr.strip()}")  # fmt: skip
-    wrote = os.path.exists(os.path.join(folder, "run"))
-    print("run folder written:", wrote)
-    return [0.0 if ok and not wrote else float("inf")]
-
-
+# ------------------------------------------------------------------ heykeetae/Self-Attention-GAN
 def sagan_fresh(ref_cls, args, state, train):
     """The reference network as a user gets it back: built anew, its file loaded (strict)."""
     net = ref_cls(*args)
@@ -523,26 +510,215 @@ def run_ok(model, argv, cwd):
     return 0.0 if r.returncode == 0 else float("inf")
 
 
-def check_sngan(ref_dir):
-    """sngan.py's NetG and NetD in train.py's checkpoint dict, and a bare NetG state dict."""
-    sys.path[:0] = [ref_dir, os.path.join(ref_dir, "spectral_norm")]
+# ---------------------------------------------------------------------------- tqch/SNGAN-AnimeFace
+def tqch_reference(ref_dir):
+    sys.path[:0] = [
+        ref_dir,
+        os.path.join(ref_dir, "spectral_norm"),
+    ]  # snresnet.py: `from snconv`
     spec = importlib.util.spec_from_file_location("ref_sngan", os.path.join(ref_dir, "sngan.py"))
-    ref = importlib.util.module_from_spec(spec)  # by file: our sngan.py has the same name
+    ref = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(ref)
-    from utils import EMA
+    from utils import EMA  # their utils.py
+
+    return ref, EMA
+
+
+def tqch_steps(netG, netD, ema, latent, steps, lr, seed):
+    """train.py's train_step (d_iters 1, d_freq 1, g_batches 2, hinge loss), on noise images."""
+    gen = torch.Generator().manual_seed(seed)
+    optD = torch.optim.Adam(netD.parameters(), lr=lr, betas=(0.0, 0.9))
+    optG = torch.optim.Adam(netG.parameters(), lr=lr, betas=(0.0, 0.9))
+
+    def loss_D(x, y):
+        return torch.clamp(1 - torch.where(y == 1, x, -x), min=0).mean()
+
+    for _ in range(steps):
+        x_true = torch.rand(4, 3, 64, 64, generator=gen) * 2 - 1
+        netD.zero_grad(set_to_none=True)
+        d = loss_D(netD(x_true), torch.ones(4, 1))
+        with torch.no_grad():
+            x_fake = netG.sample(4, torch.randn(4, latent, generator=gen))
+        d = d + loss_D(netD(x_fake), torch.zeros(4, 1))
+        d.backward()
+        optD.step()
+        netD.zero_grad(set_to_none=True)
+        for _ in range(2):
+            g = -netD(netG.sample(4, torch.randn(4, latent, generator=gen))).mean() / 2
+            g.backward()
+        optG.step()
+        ema.update()
+        netG.zero_grad(set_to_none=True)
+    return optD, optG
+
+
+def tqch_case(ref, EMA, folder, base_ch, latent, num_blocks, steps, seed, loss="hinge"):
+    print(f"case: base_ch {base_ch}, latent_dim {latent}, num_blocks {num_blocks} (G reversed),"
+          f" {steps} training steps, --loss {loss}, seed {seed}")  # fmt: skip
+    torch.manual_seed(seed)
+    netD = ref.NetD(3, base_ch, list(num_blocks))
+    netG = ref.NetG(3, base_ch, latent, list(num_blocks)[::-1])
+    if loss == "hinge":
+        netD.out_fc[-1].bias = None  # train.py:131
+    ema = EMA(netG, decay=0.9999)
+    optD, optG = tqch_steps(netG, netD, ema, latent, steps, 2e-3, seed)
+    scaler = torch.amp.GradScaler("cpu", enabled=False)
+    path = os.path.join(folder, "anime-sngan.pt")
+    torch.save(
+        {
+            "netD": netD.state_dict(),
+            "netG": netG.state_dict(),
+            "optD": optD.state_dict(),
+            "optG": optG.state_dict(),
+            "scalerD": scaler.state_dict(),
+            "scalerG": scaler.state_dict(),
+            "ema": ema.state_dict(),
+            "epoch": 10,
+        },
+        path,
+    )  # train.py:316-328
+    bare = os.path.join(folder, "netG.pt")
+    torch.save(netG.state_dict(), bare)
+    gammas = [
+        round(m.gamma.item(), 4) for m in netD.modules() if getattr(m, "gamma", None) is not None
+    ]
+    print(f"  their D gammas after training: {gammas[:4]} ... {gammas[-1]}")
+
+    w = sngan.read_weights(path)
+    print(f"  read_weights args: {w['args']}; D read: {w['D'] is not None};"
+          f" G_ema from the shadow: {w['G_ema'] is not None}")  # fmt: skip
+    w_bare = sngan.read_weights(bare)
+    same = w_bare["args"] == dict(w["args"], d_ch=base_ch) and w_bare["G_ema"] is None
+    same = same and all(torch.equal(v, w["G"][k]) for k, v in w_bare["G"].items())
+    print(f"  bare netG file: the same args and G, no G_ema, no D: {same and w_bare['D'] is None}")
+    rels = [0.0 if same else float("inf")]
+
+    gen = torch.Generator().manual_seed(seed + 100)
+    z = torch.randn(8, latent, generator=gen)
+    noise = torch.rand(8, 3, 64, 64, generator=gen) * 2 - 1
+    with torch.no_grad():
+        netG.eval()
+        x_ref = netG(z)
+        with ema:  # train.py:306-309: their samples
+            x_ema_ref = netG(z)
+        G = sngan.networks(w["args"])[0]
+        G.load_state_dict(w["G"])
+        rels.append(report("G images (eval)", G.eval()(z), x_ref))
+        G_ema = sngan.load_generator(path)
+        rels.append(report("G_ema images (eval, load_generator)", G_ema(z), x_ema_ref))
+        G_bare = sngan.load_generator(bare)  # no EMA: G
+        rels.append(report("G images from the bare netG (load_generator)", G_bare(z), x_ref))
+        # train mode: batch statistics
+        netG.train()
+        G.train()
+        rels.append(report("G images (train mode)", G(z), netG(z)))
+    if w["D"] is None:
+        print("  D not read (an output bias: their --loss vanilla)")
+        return rels, path
+    D = sngan.networks(w["args"])[1]
+    D.load_state_dict(w["D"])
+    for name, x in (("their G's images", x_ref), ("uniform noise", noise)):
+        with torch.no_grad():
+            theirs = copy.deepcopy(netD).eval()(x)
+            rels.append(report(f"D logits on {name} (eval)", D.eval()(x), theirs.flatten()))
+        # training mode: u moves by one iteration in both; then the gradients of D's weights
+        D_tr, netD_tr = copy.deepcopy(D).train(), copy.deepcopy(netD).train()
+        ours, theirs = D_tr(x), netD_tr(x).flatten()
+        rels.append(report(f"D logits on {name} (train mode)", ours, theirs))
+        ours.square().sum().backward()
+        theirs.square().sum().backward()
+        g_ours = torch.cat([p.grad.flatten() for p in D_tr.parameters()])
+        g_theirs = torch.cat([p.grad.flatten() for p in netD_tr.parameters()])
+        grad = report("  their D's gradients (all parameters)", g_ours, g_theirs)
+        rels.append(grad / 10)  # sums over the batch and every position: 1e-4 passes
+        u_ours = torch.cat([b for k, b in D_tr.state_dict().items() if k.endswith(".u")])
+        u_theirs = torch.cat([b for k, b in netD_tr.state_dict().items() if k.endswith(".u")])
+        rels.append(report("  u after the training forward", u_ours, u_theirs))
+    return rels, path
+
+
+def tqch_sigma_orders(ref):
+    """Why our SN conv (--arch sngan's order) and theirs differ for the same W, u, gamma."""
+    print("spectral norm, one conv 16 -> 32 channels, 3x3, the same weight, u and gamma:")
+    import snconv  # their layer's module, as snresnet.py imports it
 
     torch.manual_seed(0)
-    netD = ref.NetD(3, 8, num_blocks=[1, 1, 1, 1])
-    netG = ref.NetG(3, 8, 16, num_blocks=[1, 1, 1, 1])
-    optD, optG = torch.optim.Adam(netD.parameters()), torch.optim.Adam(netG.parameters())
-    scaler = torch.amp.GradScaler("cpu", enabled=False)
-    ckpt = {"netD": netD.state_dict(), "netG": netG.state_dict(), "optD": optD.state_dict(),
-            "optG": optG.state_dict(), "scalerD": scaler.state_dict(),
-            "scalerG": scaler.state_dict(), "ema": EMA(netG).state_dict(), "epoch": 10}  # fmt: skip
+    theirs = snconv.SNConv2d(16, 32, 3, 1, 1)
+    theirs._init_gamma()
+    x = torch.randn(2, 16, 8, 8)
+    sd = {k: v.reshape(()) if k == "gamma" else v for k, v in theirs.state_dict().items()}
+    rows = []
+    for name, cls in (
+        ("ours (sngan order)", sngan.SNConv2d),
+        ("ours (tqch order)", sngan.TqchSNConv2d),
+    ):
+        layer = cls(16, 32, 3, 1, 1)
+        for u_name, u in (
+            ("their fresh u (randn)", sd["u"]),
+            ("u normalised", sd["u"] / sd["u"].norm()),
+        ):
+            layer.load_state_dict(dict(sd, u=u))
+            with torch.no_grad():
+                for mode in ("eval", "train"):
+                    layer.train(mode == "train")
+                    ref_layer = copy.deepcopy(theirs).train(mode == "train")
+                    ref_layer.u = u.clone()
+                    layer.u.copy_(u)
+                    y_ref, y = ref_layer(x), layer(x)
+                    rel = ((y - y_ref).abs().max() / y_ref.abs().max()).item()
+                    ratio = (y.abs().max() / y_ref.abs().max()).item()
+                    rows.append(
+                        f"  {name:20s} {u_name:22s} {mode:5s}: relative {rel:.3g}, scale ratio {ratio:.4f}"
+                    )
+    print("\n".join(rows))
+    W = theirs.weight.detach().flatten(1)
+    u = sd["u"]
+    print(f"  |u| of their fresh layer {u.norm():.4f}; sigma(W) {torch.linalg.matrix_norm(W, 2):.4f};"
+          f" |W^T u|/|u| {(W.t() @ u).norm() / u.norm():.4f};"
+          f" |W normalize(W^T u)| {(W @ torch.nn.functional.normalize(W.t() @ u, dim=0)).norm():.4f}")  # fmt: skip
+
+
+def check_sngan(ref_dir):
+    """tqch/SNGAN-AnimeFace's NetG, NetD and EMA (their own code, loaded by file: our sngan.py has
+    the same name), a few of their training steps, saved as train.py's checkpoint dict and as a
+    bare netG, read as --arch tqch: G, G_ema and bare-netG images, D logits and gradients, u, in
+    four cases; the two spectral-norm orders side by side; then --sample and --init."""
+    ref, EMA = tqch_reference(os.path.abspath(ref_dir))
+    rels = []
     with tempfile.TemporaryDirectory() as tmp:
-        torch.save(ckpt, f"{tmp}/anime-sngan.pt")  # train.py's checkpoint dict
-        torch.save(netG.state_dict(), f"{tmp}/netG.pt")
-        return refused_by_cli("sngan", tmp, ["anime-sngan.pt", "netG.pt"])
+        cases = [
+            dict(base_ch=8, latent=16, num_blocks=(1, 1, 1, 1), steps=3, seed=0),
+            dict(base_ch=8, latent=16, num_blocks=(2, 2, 2, 2), steps=3, seed=1),
+            dict(base_ch=4, latent=8, num_blocks=(1, 2, 3, 1), steps=2, seed=2),
+            dict(
+                base_ch=4,
+                latent=8,
+                num_blocks=(1, 1, 1, 1),
+                steps=1,
+                seed=3,
+                loss="vanilla",
+            ),
+        ]
+        for i, c in enumerate(cases):
+            folder = os.path.join(tmp, str(i))
+            os.makedirs(folder)
+            r, path = tqch_case(ref, EMA, folder, **c)
+            rels += r
+        tqch_sigma_orders(ref)
+        folder = os.path.join(tmp, "1")
+        rels.append(
+            run_ok("sngan", ["--sample", "anime-sngan.pt", "--n", "4", "--device", "cpu"], folder)
+        )
+        print("  grid written:", os.path.exists(os.path.join(folder, "samples_seed0.png")))
+        argv = ["--init", "anime-sngan.pt", "--data", "toy", "--batch", "4", "--steps", "1",
+                "--out", "run", "--device", "cpu", "--precision", "fp32"]  # fmt: skip
+        rels.append(run_ok("sngan", argv, folder))
+        ckpt = torch.load(os.path.join(folder, "run", "ckpt.pt"), weights_only=True)
+        a = ckpt["args"]
+        print(
+            f"  run checkpoint: step {ckpt['step']}, arch {a['arch']}, num_blocks {a['num_blocks']}"
+        )
+    return rels
 
 
 CHECKS = {

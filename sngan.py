@@ -19,9 +19,9 @@ Not from the paper: what changes results
 - gamma starts at sigma(W) of the initial weight (exact, not power iteration), so D's first
   logits have the scale of its Glorot weights (SpectralNorm.init_gamma); the paper does not say
   where gamma starts. The authors' Chainer code starts it there with use_gamma (an SVD:
-  pfnet-research/sngan_projection, source/links/sn_convolution_2d.py:87-93, sn_linear.py:72-77),
-  as does the SNGAN-AnimeFace recipe (tqch/SNGAN-AnimeFace, spectral_norm/snconv.py:77-81,
-  sngan.py:28-34).
+  pfnet-research/sngan_projection, source/links/sn_convolution_2d.py:87-93, sn_linear.py:72-77).
+  The SNGAN-AnimeFace recipe means to (tqch/SNGAN-AnimeFace, spectral_norm/snconv.py:77-81,
+  sngan.py:28-34) but reaches only D's last layer (--arch tqch, below).
 - Glorot gain sqrt(2) inside residual branches, 1 elsewhere, as in the authors' Chainer code.
 - n_dis = 1 (the paper's ResNet runs: 5 D steps per G step) with TTUR (Heusel et al. 2017): D's
   lr 4e-4 is 4x G's 1e-4 to keep D ahead, the trade SAGAN made. G's step draws a fresh z of the
@@ -39,10 +39,34 @@ Not from the paper: engineering
   --truncation-sweep (a GIF, T from 2 to 0.1 and back: the truncation trick of BigGAN, Brock
   et al. 2018, sec. 3.1)                                                -> truncation_frames
 - bf16 autocast on GPUs, DDP, atomic checkpoints, resume: the plumbing block, as in every file.
-Other projects' checkpoints: tqch/SNGAN-AnimeFace's anime-sngan.pt is recognised and refused in
-  one line: its G and D are other networks (bilinear upsampling before each G block, 16x the base
-  width at 4x4, stride-2 3x3 convs and avg-pool shortcuts in D down to 2x2), so their weights
-  would not mean the same here                                          -> read_weights
+Another project's network: tqch/SNGAN-AnimeFace (`--arch tqch`)
+- Its train.py's anime-sngan.pt (a dict of netD, netG, optD, optG, scalerD, scalerG, ema, epoch;
+  train.py:316-328) and a netG state dict alone are read: sampled, `--init` fine-tunes from them,
+  and `--arch tqch` trains that network from scratch with this file's loop (hinge loss, TTUR,
+  EMA). --num-blocks is their --num-blocks, G's reversed (train.py:93-95) -> read_tqch, networks
+- Its network, 64x64 only (sngan.py:12-103, spectral_norm/snresnet.py:8-44): G = a linear layer
+  without bias to 16ch at 4x4, four stages of bilinear x2 upsampling (align_corners) and residual
+  blocks BN-ReLU-conv3x3-BN-ReLU-conv3x3 without biases (a 1x1 conv on the shortcut where the
+  width changes), 16ch -> 8ch -> 4ch -> 2ch -> ch, then BN-ReLU, a 1x1 conv to RGB and tanh.
+  D = residual blocks ReLU-conv3x3-ReLU-conv3x3 with biases, halving with a stride-2 first conv
+  and a 2x2 avg-pool + 1x1 conv shortcut: 3 -> ch at 32x32, then ch -> 2ch -> ... -> 16ch at
+  2x2; ReLU, the mean over positions, a linear layer without bias (their hinge-loss runs drop
+  it, train.py:131). Their in-place ReLU (snresnet.py:14, 27-29) also rectifies each D block's
+  shortcut input but the first's (sngan.py:37). He-normal weights (sngan.py:28-34, 83-87;
+  snconv.py:75), D's biases 0. D's gammas start at 1, the last layer's at sigma(W): their
+  re-initialisation (sngan.py:29-34) looks for spectral_norm.SNConv2d, but snresnet.py:2 builds
+  the blocks from snconv.SNConv2d, the same file imported as another module
+                     -> TqchGenerator, TqchDiscriminator, TqchGBlock, TqchDBlock, he_init
+- Its spectral norm (spectral_norm/snconv.py:30-43, 86-94; snlinear.py:13-25, 60-67) has this
+  file's gamma, started at sigma(W) by an SVD (snconv.py:77-81), and moves u in training mode
+  only, as ours; but it runs Alg. 1 in its order: v from the stored u, then u, and sigma =
+  u^T W v = |W v|, while ours takes v once more from the new u. Both estimate sigma(W); for the
+  same (W, u) they differ until u has converged                  -> SpectralNorm.v_first,
+                                                                   TqchSNConv2d, TqchSNLinear
+- Modules named as in their files, so their state dicts load as they are (gamma (1,) read as
+  ()). G_ema: netG with their EMA's shadow (utils.py:102-152, --use-ema: the parameters; the
+  BatchNorm statistics are netG's). A netD with an output bias (their --loss vanilla) is not
+  read: --init starts D anew                                              -> read_tqch
 
 Usage
     python sngan.py                                   # built-in toy faces, 64x64
@@ -52,6 +76,9 @@ Usage
     torchrun --nproc_per_node=4 sngan.py --data ./faces
     python sngan.py --sample out/sngan-faces/ckpt.pt --n 64 [--walk | --interp]
     python sngan.py --sample out/sngan-faces/ckpt.pt --n 36 --truncation-sweep   # T 2 to 0.1
+    python sngan.py --sample chkpts/anime-sngan.pt           # tqch/SNGAN-AnimeFace's G (G_ema)
+    python sngan.py --data ./faces --init chkpts/anime-sngan.pt   # fine-tune their G and D
+    python sngan.py --data ./faces --arch tqch --num-blocks 2,2,2,2   # their network, our loop
 """
 
 import argparse
@@ -76,12 +103,19 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from common import Batches, UserError, load_images, make_grid, save_gif, save_grid, save_samples
 
 MODEL = "sngan"
+NUM_BLOCKS = (1, 1, 1, 1)  # --arch tqch: residual blocks per D stage (their train.py's default)
 
 
 # --- model --------------------------------------------------------------------------------------
 
 
-def check_res(res):
+def check_res(res, arch="sngan", num_blocks=NUM_BLOCKS):
+    if arch == "tqch":  # their G and D have four stages: 4x4 -> 64x64 and 64x64 -> 2x2
+        if res != 64:
+            raise UserError(f"--arch tqch builds 64x64 images only; got --res {res}")
+        return
+    if tuple(num_blocks) != NUM_BLOCKS:
+        raise UserError("--num-blocks applies to --arch tqch only")
     if res < 32 or res & (res - 1):
         raise UserError(f"{MODEL} builds power-of-two resolutions from 32 up; got --res {res}")
 
@@ -92,6 +126,8 @@ class SpectralNorm:
     is the matrix (out, in*kh*kw), as in the paper. u, a random unit vector, is a buffer and gamma
     a parameter: both are in the checkpoint, so --resume and DDP keep them as trained."""
 
+    v_first = False  # tqch's layers: sigma from the v that gave the new u (TqchSNConv2d)
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)  # the layer's own __init__, next in the MRO
         self.gamma = nn.Parameter(torch.ones(()))
@@ -99,19 +135,27 @@ class SpectralNorm:
         self.init_gamma()
 
     def sn_weight(self):
-        """gamma * W / sigma(W). In eval mode u is only read, so the same (W, u) give the same
-        sigma in both modes. u and v are constants for autograd: d sigma / dW is then u v^T
-        (sec. 2.3), and W's gradient gains the term that makes W / sigma scale-free."""
+        """gamma * W / sigma(W), one step of Alg. 1 per training forward from the stored u, the new
+        u kept; sigma = u^T W v with that u and a v recomputed from it, so an eval forward, which
+        only reads u, gives the sigma of the training forward that stored it. v_first (tqch's
+        layers): sigma = u^T W v = |W v| with the v that gave the new u, in eval mode too, where
+        u is not kept. u and v are constants for autograd: d sigma / dW is then u v^T (sec. 2.3),
+        and W's gradient gains the term that makes W / sigma scale-free."""
         W = self.weight.reshape(self.weight.shape[0], -1)  # (out, in*kh*kw)
         with torch.autocast(W.device.type, enabled=False):  # bf16 keeps 8 bits: sigma in fp32
             with torch.no_grad():
-                if self.training:  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
+                if self.training and not self.v_first:  # Alg. 1: v <- W^T u/|.|, u <- W v/|.|
                     self.u.copy_(F.normalize(W @ F.normalize(W.t() @ self.u, dim=0), dim=0))
                 v = F.normalize(W.t() @ self.u, dim=0)
+                u = self.u
+                if self.v_first:  # Alg. 1 in its order: v from the stored u (above), then u
+                    u = F.normalize(W @ v, dim=0)
+                    if self.training:
+                        self.u.copy_(u)
             # sigma(W) = u^T W v. u is cloned: a second training forward before backward (D on
             # real, then on fake) and DDP's buffer broadcast overwrite u in place, which would
             # break this graph
-            sigma = torch.dot(self.u.clone(), W @ v)
+            sigma = torch.dot(u.clone(), W @ v)
             return self.weight * (self.gamma / sigma)
 
     @torch.no_grad()
@@ -223,6 +267,138 @@ class Discriminator(nn.Module):
         return torch.stack([m.gamma for m in self.modules() if isinstance(m, SpectralNorm)])
 
 
+# --- the second architecture: tqch/SNGAN-AnimeFace's network (--arch tqch) ----------------------
+
+
+class TqchSNConv2d(SNConv2d):
+    v_first = True  # their order of Alg. 1 (SpectralNorm.sn_weight)
+
+
+class TqchSNLinear(SNLinear):
+    v_first = True
+
+
+def he_init(layer):
+    """He-normal weights, N(0, 2 / fan_in): tqch's initialisation of every G and D layer."""
+    nn.init.kaiming_normal_(layer.weight, mode="fan_in", nonlinearity="relu")
+
+
+class TqchGBlock(nn.Module):
+    """Their G block: x -> BN-ReLU-conv3x3-BN-ReLU-conv3x3 (no biases) + x, through a 1x1 conv
+    where the width changes. It keeps the resolution: the upsampling comes before it."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.norm1, self.conv1 = nn.BatchNorm2d(cin), nn.Conv2d(cin, cout, 3, 1, 1, bias=False)
+        self.norm2, self.conv2 = nn.BatchNorm2d(cout), nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
+        # a one-layer Sequential, as in their files (skip.0)
+        same = cin == cout
+        self.skip = nn.Identity() if same else nn.Sequential(nn.Conv2d(cin, cout, 1, bias=False))
+
+    def forward(self, x):  # (B, cin, s, s) -> (B, cout, s, s)
+        h = self.conv1(F.relu(self.norm1(x)))
+        return self.conv2(F.relu(self.norm2(h))) + self.skip(x)
+
+
+class TqchDBlock(nn.Module):
+    """Their D block: x -> ReLU-conv3x3-ReLU-conv3x3 (biases, spectral norm) + a shortcut, 2x2
+    average pooling and a 1x1 conv (down=True: the first conv has stride 2), or x itself. Their
+    ReLU works in place on x, so the shortcut also sees ReLU(x); the first block (first=True) takes
+    the image as it is."""
+
+    def __init__(self, cin, cout, down=False, first=False):
+        super().__init__()
+        self.first = first
+        self.conv1 = TqchSNConv2d(cin, cout, 3, 1 + down, 1)
+        self.conv2 = TqchSNConv2d(cout, cout, 3, 1, 1)
+        pool = [nn.AvgPool2d(2)] if down else []
+        same = cin == cout and not down
+        self.skip = nn.Identity() if same else nn.Sequential(*pool, TqchSNConv2d(cin, cout, 1))
+
+    def forward(self, x):  # (B, cin, s, s) -> (B, cout, s/2, s/2) (down), or (B, cout, s, s)
+        x = x if self.first else F.relu(x)
+        return self.conv2(F.relu(self.conv1(x))) + self.skip(x)
+
+
+class TqchGenerator(nn.Module):
+    """Their G, 64x64: z (B, z_dim) -> a linear layer (no bias) to 16ch at 4x4; four stages, each
+    a bilinear x2 upsampling (align_corners) and num_blocks[i] TqchGBlocks, 16ch -> 8ch -> 4ch ->
+    2ch -> ch; BN-ReLU, a 1x1 conv to RGB, tanh. Modules named as in their files."""
+
+    res = 64
+
+    def __init__(self, z_dim=128, ch=64, num_blocks=NUM_BLOCKS):
+        super().__init__()
+        self.z_dim, self.c0 = z_dim, 16 * ch
+
+        def stage(cin, cout, n):  # (B, cin, s, s) -> (B, cout, 2s, 2s)
+            up = nn.Upsample(scale_factor=2, mode="bilinear", align_corners=True)
+            more = [TqchGBlock(cout, cout) for _ in range(n - 1)]
+            return nn.Sequential(up, TqchGBlock(cin, cout), *more)
+
+        # a one-layer Sequential, as in their files (in_fc.0)
+        self.in_fc = nn.Sequential(nn.Linear(z_dim, 16 * ch * 4 * 4, bias=False))
+        self.layer1 = stage(16 * ch, 8 * ch, num_blocks[0])  # -> (B, 8ch, 8, 8)
+        self.layer2 = stage(8 * ch, 4 * ch, num_blocks[1])  # -> (B, 4ch, 16, 16)
+        self.layer3 = stage(4 * ch, 2 * ch, num_blocks[2])  # -> (B, 2ch, 32, 32)
+        self.layer4 = stage(2 * ch, ch, num_blocks[3])  # -> (B, ch, 64, 64)
+        self.out_conv = nn.Sequential(nn.BatchNorm2d(ch), nn.ReLU(), nn.Conv2d(ch, 3, 1), nn.Tanh())
+        for m in self.modules():
+            if isinstance(m, (nn.Conv2d, nn.Linear)):  # their out_conv keeps torch's bias init
+                he_init(m)
+
+    def forward(self, z):  # (B, z_dim) -> (B, 16ch, 4, 4) -> ... (B, ch, 64, 64) -> (B, 3, 64, 64)
+        h = self.in_fc(z).view(-1, self.c0, 4, 4)
+        return self.out_conv(self.layer4(self.layer3(self.layer2(self.layer1(h)))))
+
+
+class TqchDiscriminator(nn.Module):
+    """Their D, 64x64: image (B, 3, 64, 64) -> logit (B,): a first TqchDBlock to ch at 32x32, four
+    stages of num_blocks[i] blocks (the first halving), ch -> 2ch -> 4ch -> 8ch -> 16ch at 2x2;
+    ReLU, the mean over positions and a linear layer without bias (their hinge-loss runs)."""
+
+    def __init__(self, ch=64, num_blocks=NUM_BLOCKS):
+        super().__init__()
+
+        def stage(cin, cout, n):  # (B, cin, s, s) -> (B, cout, s/2, s/2)
+            more = [TqchDBlock(cout, cout) for _ in range(n - 1)]
+            return nn.Sequential(TqchDBlock(cin, cout, down=True), *more)
+
+        self.in_block = TqchDBlock(3, ch, down=True, first=True)  # -> (B, ch, 32, 32)
+        self.layer1 = stage(ch, 2 * ch, num_blocks[0])  # -> (B, 2ch, 16, 16)
+        self.layer2 = stage(2 * ch, 4 * ch, num_blocks[1])  # -> (B, 4ch, 8, 8)
+        self.layer3 = stage(4 * ch, 8 * ch, num_blocks[2])  # -> (B, 8ch, 4, 4)
+        self.layer4 = stage(8 * ch, 16 * ch, num_blocks[3])  # -> (B, 16ch, 2, 2)
+        # ReLU, mean pooling, (B, 16ch) -> (B, 1): indices as in their files (out_fc.3)
+        linear = TqchSNLinear(16 * ch, 1, bias=False)
+        self.out_fc = nn.Sequential(nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(), linear)
+        for m in self.modules():
+            if isinstance(m, SpectralNorm):  # biases 0 and gamma 1, as their layers start
+                he_init(m)
+                nn.init.ones_(m.gamma)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
+        linear.init_gamma()  # gamma = sigma(W): their re-initialisation reaches this one only
+
+    def forward(self, x):  # (B, 3, 64, 64) -> (B, 16ch, 2, 2) -> (B,)
+        h = self.layer4(self.layer3(self.layer2(self.layer1(self.in_block(x)))))
+        return self.out_fc(h).flatten()
+
+    gammas = Discriminator.gammas  # (n_layers,): the learned scales, logged
+
+
+def networks(a, device="cpu"):
+    """(G, D) for a's --arch and sizes (ARCH: args or read_weights' "args"), initialised, on
+    device: this file's network, or tqch's (its G has D's blocks per stage reversed, as their
+    train.py builds it)."""
+    if a["arch"] == "tqch":
+        G = TqchGenerator(a["z_dim"], a["g_ch"], a["num_blocks"][::-1])
+        D = TqchDiscriminator(a["d_ch"], a["num_blocks"])
+    else:
+        G, D = Generator(a["res"], a["z_dim"], a["g_ch"]), Discriminator(a["res"], a["d_ch"])
+    return G.to(device), D.to(device)
+
+
 # --- losses -------------------------------------------------------------------------------------
 
 
@@ -261,15 +437,14 @@ def update_ema(G_ema, G, beta):
 
 
 def train(args):
-    check_res(args.res)
+    check_res(args.res, args.arch, args.num_blocks)
     run = Run(args)  # device, precision, DDP, seed, --resume: the plumbing block below
     args, device = run.args, run.device
     data = load_images(args.data, args.res, verbose=run.rank == 0)
     batches = Batches(
         data, args.batch // run.world, device, args.seed, run.rank, run.world, args.flip
     )
-    G = Generator(args.res, args.z_dim, args.g_ch).to(device)
-    D = Discriminator(args.res, args.d_ch).to(device)
+    G, D = networks(vars(args), device)  # --arch: this file's networks or tqch's
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
     # Appendix B: the ResNet runs use Adam with beta1 0 and beta2 0.9
     opt_G = torch.optim.Adam(G.parameters(), lr=args.lr_g, betas=(0.0, 0.9))
@@ -328,39 +503,87 @@ def sample_z(n, z_dim, gen, truncation=None):
     return z
 
 
-ARCH = ("res", "z_dim", "g_ch", "d_ch")  # the arguments that shape G and D
-
-
-# tqch/SNGAN-AnimeFace's train.py checkpoint (anime-sngan.pt: netG, netD, optG, optD, ema,
-# epoch), recognised by its names (netG, or a bare netG state dict with `in_fc.0.weight`) and
-# refused with what differs
-TQCH = (
-    "a tqch/SNGAN-AnimeFace checkpoint, whose networks sngan.py does not build: its G upsamples"
-    " bilinearly before each block (ours: nearest, inside it, after BatchNorm-ReLU), starts at 16x"
-    " its base width (ours 8x) and has no biases in its blocks; its D halves with stride-2 3x3"
-    " convs and avg-pool + 1x1 shortcuts down to 2x2, and averages (ours: 4x4/2 convs, 2x2/2"
-    " shortcuts, down to 4x4, and sums)"
-)
+# the arguments that shape G and D (a checkpoint without "arch" is from before it: "sngan")
+ARCH = ("res", "z_dim", "g_ch", "d_ch", "arch", "num_blocks")
 
 
 def read_weights(path, device="cpu"):
-    """A checkpoint of this file as {"args": the sizes (ARCH), "G", "D", "G_ema"}: what
-    load_generator and --init read. Torch files only, weights_only=True (nothing in a file runs);
-    tqch/SNGAN-AnimeFace's anime-sngan.pt is recognised and refused (TQCH)."""
+    """A checkpoint of this file, or a tqch/SNGAN-AnimeFace file (read_tqch), as {"args": the
+    sizes (ARCH), "G", "D", "G_ema"}: what load_generator and --init read. Torch files only,
+    weights_only=True (nothing in a file runs)."""
     found = read_torch(path, device)
     if isinstance(found, dict) and "model" in found:
         ckpt = load_checkpoint(path, device)
-        return dict(ckpt, args={k: ckpt["args"][k] for k in ARCH})
+        a = dict(arch="sngan", num_blocks=NUM_BLOCKS) | ckpt["args"]  # older: before --arch
+        return dict(ckpt, args={k: a[k] for k in ARCH})
     if isinstance(found, dict) and ("netG" in found or "in_fc.0.weight" in found):
-        raise UserError(f"{path} is {TQCH}")
-    raise UserError(f"{path} is not a {MODEL} checkpoint")
+        return read_tqch(path, found)
+    raise UserError(f"{path} is not a {MODEL} checkpoint nor a tqch/SNGAN-AnimeFace file")
+
+
+def read_tqch(path, found):
+    """tqch/SNGAN-AnimeFace's train.py checkpoint (anime-sngan.pt: a dict of netD, netG, optD,
+    optG, scalerD, scalerG, ema, epoch) or a netG state dict alone, for the Tqch* modules, which
+    have their names; their gamma (1,) becomes (). Sizes from the shapes: z_dim and g_ch from G's
+    first and last layers, d_ch from D's first (netG alone: g_ch, their one --base-ch), num_blocks
+    from the blocks per stage (D's; G's are reversed). G_ema: netG with their EMA's shadow, which
+    holds the parameters (their --use-ema; none: None). A D trained with their --loss vanilla
+    has an output bias our D lacks: not read (D None, so --init starts D anew)."""
+    G, D = (found["netG"], found.get("netD")) if "netG" in found else (found, None)
+    ema = found.get("ema") if "netG" in found else None
+    shadow = ema.get("shadow") if isinstance(ema, dict) else None
+
+    def weight(sd, name, key, ndim):  # a layer's weight, which gives sizes
+        W = sd.get(key) if isinstance(sd, dict) else None
+        if getattr(W, "ndim", None) != ndim:
+            raise UserError(f"{path}: its {name} is not a tqch/SNGAN-AnimeFace network (no {key})")
+        return W
+
+    def stages(sd):  # residual blocks per stage: layer1.* to layer4.*, each block with a conv1
+        pattern = r"layer{}\.\d+\.conv1\.weight"
+        return tuple(sum(bool(re.fullmatch(pattern.format(i), k)) for k in sd) for i in range(1, 5))
+
+    fc, to_rgb = weight(G, "netG", "in_fc.0.weight", 2), weight(G, "netG", "out_conv.2.weight", 4)
+    from_rgb = weight(D, "netD", "in_block.conv1.weight", 4) if D is not None else None
+    z_dim, g_ch = fc.shape[1], to_rgb.shape[1]  # (16ch * 4 * 4, z_dim), (3, ch, 1, 1)
+    d_ch = g_ch if from_rgb is None else from_rgb.shape[0]  # (ch, 3, 3, 3)
+    for name, c in (("netG", to_rgb.shape[0]), ("netD", 3 if D is None else from_rgb.shape[1])):
+        if c != 3:
+            raise UserError(f"{path}: its {name} is for {c}-channel images; RGB only")
+    num_blocks = stages(G)[::-1]  # their train.py builds G with D's blocks per stage reversed
+    if D is not None and stages(D) != num_blocks:
+        said = f"its netD has {stages(D)} blocks per stage and its netG {stages(G)}"
+        raise UserError(f"{path}: {said}; their train.py builds G with D's reversed")
+    if D is not None and "out_fc.3.bias" in D:  # their --loss vanilla: a BCE logit with a bias
+        D = None
+    if D is not None:  # their gamma has shape (1,), ours ()
+        D = {
+            k: v.reshape(()) if k.endswith("gamma") and v.numel() == 1 else v for k, v in D.items()
+        }
+    a = dict(res=64, z_dim=z_dim, g_ch=g_ch, d_ch=d_ch, arch="tqch", num_blocks=num_blocks)
+    built = dict(zip(("netG", "netD"), networks(a)))
+    params = {k for k, _ in built["netG"].named_parameters()}
+    if shadow and (not isinstance(shadow, dict) or set(shadow) != params):  # theirs: no buffers
+        raise UserError(f"{path}: its ema shadow does not hold netG's parameters")
+    G_ema = dict(G) | shadow if shadow else None  # BatchNorm statistics: netG's
+    for name, sd in (("netG", G), ("netD", D), ("ema", G_ema)):
+        try:
+            if sd is not None:
+                built["netD" if name == "netD" else "netG"].load_state_dict(sd)
+        except RuntimeError as e:  # the first line that says which layer differs
+            why = next((t.strip() for t in str(e).splitlines()[1:] if t.strip()), str(e))
+            raise UserError(
+                f"{path}: its {name} is not a network {MODEL}.py builds ({why})"
+            ) from None
+    return dict(args={k: a[k] for k in ARCH}, G=G, D=D, G_ema=G_ema)
 
 
 def load_generator(path, device="cpu"):
-    """Checkpoint -> G_ema in eval mode, with .res and .z_dim for generate()."""
-    a = (ckpt := read_weights(path, device))["args"]
-    G = Generator(a["res"], a["z_dim"], a["g_ch"]).to(device)
-    G.load_state_dict(ckpt["G_ema"])
+    """Checkpoint -> G_ema (G where the file has none: tqch's without their EMA) in eval mode,
+    with .res and .z_dim for generate()."""
+    ckpt = read_weights(path, device)
+    G = networks(ckpt["args"], device)[0]
+    G.load_state_dict(ckpt["G_ema"] if ckpt["G_ema"] is not None else ckpt["G"])
     return G.eval().requires_grad_(False)
 
 
@@ -903,15 +1126,37 @@ def get_args(argv=None):
         "--g-ch",
         type=positive(int),
         default=64,
-        help="G width: channels of the last block (8x at 4x4)",
+        help="G width: channels of the last block (8x at 4x4; --arch tqch 16x)",
     )
     add(
         "--d-ch",
         type=positive(int),
         default=64,
-        help="D width: channels of the first block (8x at 4x4)",
+        help="D width: channels of the first block (8x at 4x4; --arch tqch 16x at 2x2)",
+    )
+    add(
+        "--arch",
+        default="sngan",
+        choices=["sngan", "tqch"],
+        help="the networks: this file's, or tqch/SNGAN-AnimeFace's (64x64 only: bilinear"
+        " upsampling before G's blocks, 16x the width at 4x4, D down to 2x2 with avg-pool"
+        " shortcuts), whose anime-sngan.pt and netG files --sample and --init also read",
+    )
+    add(
+        "--num-blocks",
+        type=block_counts,
+        default=NUM_BLOCKS,
+        help="--arch tqch: residual blocks in each of D's 4 stages, G's reversed (default 1,1,1,1,"
+        " their train.py's)",
     )
     return parse_args(p, argv)
+
+
+def block_counts(text):  # an argparse type: "2,2,2,2" -> (2, 2, 2, 2), four integers above 0
+    counts = tuple(int(c) if c.strip().isdigit() else 0 for c in text.split(","))
+    if len(counts) != 4 or min(counts) < 1:
+        raise argparse.ArgumentTypeError(f"must be 4 integers above 0, e.g. 2,2,2,2; got {text!r}")
+    return counts
 
 
 if __name__ == "__main__":

@@ -860,9 +860,6 @@ def test_wgan_refuses_its_critic_and_bad_files_in_one_line(tmp_path):
     assert not marker.exists()
 
 
-MODULES = {"sagan": sagan, "sngan": sngan}
-
-
 def prefixed(prefix, module):
     return {prefix + k: v for k, v in module.state_dict().items()}
 
@@ -905,40 +902,59 @@ def heykeetae_sagan_files(folder, step=3, c=8, z_dim=8):
     return paths
 
 
-def tqch_sngan_file(folder, b=2, latent_dim=8):
+def tqch_sngan_file(folder, b=2, latent_dim=8, num_blocks=(1, 1, 1, 1), ema=False, hinge=True):
     """anime-sngan.pt in tqch/SNGAN-AnimeFace's layout: a dict of netD, netG, optD, optG, scalerD,
-    scalerG, ema, epoch; G: in_fc, layer1-4 (upsample at .0, a residual block at .1: norm1, conv1,
-    norm2, conv2, skip), out_conv; D: in_block, layer1-4 (blocks at .0), out_fc, each SN layer with
-    weight, bias, u and gamma."""
+    scalerG, ema, epoch; and netG.pt, the netG state dict alone. G: in_fc, layer1-4 (the upsampling
+    at .0, then num_blocks reversed residual blocks from .1: norm1, conv1, norm2, conv2, and skip.0
+    in the first), out_conv; D: in_block, layer1-4 (num_blocks blocks from .0, skip.1 in the
+    first), out_fc.3; each SN layer with weight, bias, u and gamma (1,). hinge: out_fc.3 without
+    bias (their train.py drops it), else with. ema: their EMA.state_dict() with a shadow of every
+    G parameter (each netG's + 1), else {}."""
 
     def block_g(prefix, cin, cout):
         sd = prefixed(prefix + "norm1.", nn.BatchNorm2d(cin))
         sd |= prefixed(prefix + "norm2.", nn.BatchNorm2d(cout))
         sd[prefix + "conv1.weight"] = torch.randn(cout, cin, 3, 3)
         sd[prefix + "conv2.weight"] = torch.randn(cout, cout, 3, 3)
-        return sd | {prefix + "skip.0.weight": torch.randn(cout, cin, 1, 1)}
+        return sd | (
+            {prefix + "skip.0.weight": torch.randn(cout, cin, 1, 1)} if cin != cout else {}
+        )
 
     def sn(prefix, layer):
         return prefixed(prefix, layer) | {
             prefix + "u": torch.randn(layer.weight.shape[0]),
-            prefix + "gamma": torch.ones(1),
+            prefix + "gamma": torch.ones(1) + torch.rand(1),
         }
 
-    def block_d(prefix, cin, cout):
-        sd = sn(prefix + "conv1.", nn.Conv2d(cin, cout, 3, 2, 1))
+    def block_d(prefix, cin, cout, down):
+        sd = sn(prefix + "conv1.", nn.Conv2d(cin, cout, 3, 1 + down, 1))
         sd |= sn(prefix + "conv2.", nn.Conv2d(cout, cout, 3, 1, 1))
-        return sd | sn(prefix + "skip.1.", nn.Conv2d(cin, cout, 1))
+        return sd | (sn(prefix + "skip.1.", nn.Conv2d(cin, cout, 1)) if down else {})
 
     G = {"in_fc.0.weight": torch.randn(16 * b * 16, latent_dim)}
     chans = [16 * b, 8 * b, 4 * b, 2 * b, b]
-    for i in range(4):
-        G |= block_g(f"layer{i + 1}.1.", chans[i], chans[i + 1])
+    for i, n in enumerate(num_blocks[::-1]):
+        for j in range(1, n + 1):
+            G |= block_g(f"layer{i + 1}.{j}.", chans[i] if j == 1 else chans[i + 1], chans[i + 1])
     G |= prefixed("out_conv.0.", nn.BatchNorm2d(b)) | prefixed("out_conv.2.", nn.Conv2d(b, 3, 1))
-    D, dchans = block_d("in_block.", 3, b), [b, 2 * b, 4 * b, 8 * b, 16 * b]
-    for i in range(4):
-        D |= block_d(f"layer{i + 1}.0.", dchans[i], dchans[i + 1])
-    D |= sn("out_fc.3.", nn.Linear(16 * b, 1))
-    ckpt = dict(netD=D, netG=G, optD={}, optG={}, scalerD={}, scalerG={}, ema={}, epoch=10)
+    D, dchans = block_d("in_block.", 3, b, True), [b, 2 * b, 4 * b, 8 * b, 16 * b]
+    for i, n in enumerate(num_blocks):
+        for j in range(n):
+            D |= block_d(f"layer{i + 1}.{j}.", dchans[i + (j > 0)], dchans[i + 1], j == 0)
+    D |= sn("out_fc.3.", nn.Linear(16 * b, 1, bias=not hinge))
+    buffers = ("running_mean", "running_var", "num_batches_tracked")
+    shadow = {k: v + 1 for k, v in G.items() if not k.endswith(buffers)}
+    their_ema = dict(decay=0.9999, shadow=shadow, num_updates=3) if ema else {}
+    ckpt = dict(
+        netD=D,
+        netG=G,
+        optD={},
+        optG={},
+        scalerD={},
+        scalerG={},
+        ema=their_ema,
+        epoch=10,
+    )
     path = os.path.join(folder, "anime-sngan.pt")
     torch.save(ckpt, path)
     bare = os.path.join(folder, "netG.pt")  # netG.state_dict() saved alone
@@ -946,43 +962,9 @@ def tqch_sngan_file(folder, b=2, latent_dim=8):
     return path, bare
 
 
-def reference_files(model, folder):
-    if model == "sagan":
-        return heykeetae_sagan_files(folder)
-    return list(tqch_sngan_file(folder))
-
-
-def refusal(model):  # the one line each refused reference file gets (sagan reads heykeetae's)
-    return sngan.TQCH
-
-
 def one_line(r, expected):
     assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
     assert r.stderr == expected + "\n"
-
-
-@pytest.mark.parametrize("model", ["sngan"])
-def test_reference_checkpoints_are_refused_in_one_line_saying_what_differs(model, tmp_path):
-    mod, out = MODULES[model], tmp_path / "run"
-    paths = reference_files(model, str(tmp_path))
-    for path in paths:
-        with pytest.raises(common.UserError) as e:
-            mod.read_weights(path)
-        assert str(e.value) == f"{path} is {refusal(model)}"
-        with pytest.raises(common.UserError, match="does not build"):
-            mod.load_generator(path)
-    expected = f"{model}: error: {paths[0]} is {refusal(model)}"
-    one_line(run_cli(f"{model}.py", "--sample", paths[0], "--device", "cpu"), expected)
-    argv = ["--init", paths[0], "--out", str(out), "--device", "cpu", "--steps", "1"]
-    one_line(run_cli(f"{model}.py", *argv), expected)
-    assert not os.path.exists(out / "ckpt.pt")
-    # the other model's reference file is no file of this one: not recognised as its own
-    other = "sngan" if model == "sagan" else "sagan"
-    (tmp_path / "other").mkdir()
-    path = reference_files(other, str(tmp_path / "other"))[0]
-    with pytest.raises(common.UserError) as e:
-        mod.read_weights(path)
-    assert str(e.value) == f"{path} is not a {model} checkpoint"
 
 
 class Payload:
@@ -1245,6 +1227,303 @@ def test_sagan_heykeetae_mistakes_are_one_line(case, tmp_path):
     if case == "sngan_file":  # --sample says the same
         r = run_cli("sagan.py", "--sample", g_path, "--device", "cpu")
         one_line(r, f"sagan: error: {said}")
+
+
+# --- sngan: tqch/SNGAN-AnimeFace's files read, sampled, fine-tuned; --arch tqch ---------------
+
+
+TQCH_ARGS = dict(res=64, z_dim=8, g_ch=2, d_ch=2, arch="tqch", num_blocks=(1, 1, 1, 1))
+
+
+def test_sngan_reads_tqch_checkpoint_and_bare_netg(tmp_path):
+    path, bare = tqch_sngan_file(
+        str(tmp_path), b=2, latent_dim=8, num_blocks=(1, 2, 1, 3), ema=True
+    )
+    theirs = torch.load(path, weights_only=True)
+    w = sngan.read_weights(path)
+    assert w["args"] == dict(TQCH_ARGS, num_blocks=(1, 2, 1, 3))
+    G, D = sngan.networks(w["args"])
+    assert isinstance(G, sngan.TqchGenerator) and isinstance(D, sngan.TqchDiscriminator)
+    assert set(w["G"]) == set(G.state_dict()) == set(theirs["netG"])  # their names, all of them
+    assert set(w["D"]) == set(D.state_dict()) == set(theirs["netD"])
+    assert "layer1.3.conv1.weight" in w["G"] and "layer4.2.conv1.weight" in w["D"]  # G reversed
+    assert all(torch.equal(v, theirs["netG"][k]) for k, v in w["G"].items())
+    for k, v in w["D"].items():  # gamma (1,) read as ()
+        assert torch.equal(v, theirs["netD"][k].reshape(v.shape))
+        assert v.shape == (() if k.endswith("gamma") else theirs["netD"][k].shape)
+    G.load_state_dict(w["G"])  # strict
+    D.load_state_dict(w["D"])
+    # G_ema: the shadow's parameters, netG's buffers (BatchNorm statistics)
+    shadow = theirs["ema"]["shadow"]
+    assert set(w["G_ema"]) == set(w["G"]) and set(shadow) == {k for k, _ in G.named_parameters()}
+    for k, v in w["G_ema"].items():
+        assert torch.equal(v, shadow[k] if k in shadow else theirs["netG"][k]), k
+    assert torch.equal(w["G_ema"]["in_fc.0.weight"], w["G"]["in_fc.0.weight"] + 1)
+    # the bare netG: G alone, d_ch = g_ch (their one --base-ch), no EMA
+    w = sngan.read_weights(bare)
+    assert w["args"] == dict(TQCH_ARGS, num_blocks=(1, 2, 1, 3)) and w["D"] is w["G_ema"] is None
+    assert all(torch.equal(v, theirs["netG"][k]) for k, v in w["G"].items())
+    # without --use-ema (ema {}): no G_ema; their --loss vanilla (an output bias): D not read
+    path = tqch_sngan_file(str(tmp_path), b=4, latent_dim=8, hinge=False)[0]
+    w = sngan.read_weights(path)
+    assert w["args"] == dict(TQCH_ARGS, g_ch=4, d_ch=4) and w["G_ema"] is None and w["D"] is None
+
+
+def test_sngan_tqch_files_it_cannot_build_are_refused_in_one_line(tmp_path):
+    path, _ = tqch_sngan_file(str(tmp_path), b=2, latent_dim=8, ema=True)
+    ckpt = torch.load(path, weights_only=True)
+
+    def refused(change, says):
+        torch.save({**ckpt, **change}, path)
+        with pytest.raises(common.UserError) as e:
+            sngan.read_weights(path)
+        assert "\n" not in str(e.value) and str(e.value) == f"{path}: {says}", str(e.value)
+
+    G = ckpt["netG"]
+    (tmp_path / "more").mkdir()
+    more = tqch_sngan_file(str(tmp_path / "more"), b=2, latent_dim=8, num_blocks=(2, 1, 1, 1))[0]
+    refused(
+        dict(netD=torch.load(more, weights_only=True)["netD"]),
+        "its netD has (2, 1, 1, 1) blocks per stage and its netG (1, 1, 1, 1); their train.py"
+        " builds G with D's reversed",
+    )
+    grey = dict(
+        G,
+        **{
+            "out_conv.2.weight": torch.randn(1, 2, 1, 1),
+            "out_conv.2.bias": torch.zeros(1),
+        },
+    )
+    refused(dict(netG=grey), "its netG is for 1-channel images; RGB only")
+    refused(dict(netG={"in_fc.0.weight": torch.randn(512, 8)}),
+            "its netG is not a tqch/SNGAN-AnimeFace network (no out_conv.2.weight)")  # fmt: skip
+    refused(
+        dict(netD={}),
+        "its netD is not a tqch/SNGAN-AnimeFace network (no in_block.conv1.weight)",
+    )
+    wide = dict(G, **{"layer1.1.conv2.weight": torch.randn(16, 16, 5, 5)})
+    refused(
+        dict(netG=wide),
+        "its netG is not a network sngan.py builds (size mismatch for layer1.1.conv2.weight: copying"
+        " a param with shape torch.Size([16, 16, 5, 5]) from checkpoint, the shape in current model"
+        " is torch.Size([16, 16, 3, 3]).)",
+    )
+    shadow = {k: v for k, v in ckpt["ema"]["shadow"].items() if k != "in_fc.0.weight"}
+    refused(
+        dict(ema=dict(ckpt["ema"], shadow=shadow)),
+        "its ema shadow does not hold netG's parameters",
+    )
+
+
+def test_sngan_samples_tqch_files_from_g_ema_or_g(tmp_path, capsys):
+    path, bare = tqch_sngan_file(str(tmp_path), b=2, latent_dim=8, ema=True)
+    w = sngan.read_weights(path)
+    G = sngan.load_generator(path)
+    assert isinstance(G, sngan.TqchGenerator) and not G.training and G.res == 64 and G.z_dim == 8
+    assert all(torch.equal(v, w["G_ema"][k]) for k, v in G.state_dict().items())  # the shadow
+    x = sngan.generate(G, 3, seed=1)
+    assert x.shape == (3, 3, 64, 64) and x.abs().max() <= 1
+    G = sngan.load_generator(bare)  # no EMA: G itself
+    assert all(torch.equal(v, w["G"][k]) for k, v in G.state_dict().items())
+    r = run_cli("sngan.py", "--sample", path, "--n", "4", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == str(tmp_path / "samples_seed0.png")
+    assert os.path.getsize(tmp_path / "samples_seed0.png") > 0
+
+
+def test_sngan_init_from_a_tqch_file_trains_and_resumes(tmp_path, capsys):
+    path, _ = tqch_sngan_file(str(tmp_path), b=2, latent_dim=8, num_blocks=(1, 2, 1, 1), ema=True)
+    out = tmp_path / "run"
+    # learning rates too small to move a weight: after 2 steps G and D are still the file's
+    text = "--res 64 --batch 2 --steps 2 --log-every 1 --device cpu --precision fp32"
+    text += " --lr-g 1e-30 --lr-d 1e-30 --ema-rampup 0 --ema-kimg 1e9"  # and G_ema stays too
+    args = sngan.get_args(cmdline(text, "--data", faces64(tmp_path / "faces"), "--init", path,
+                                  "--out", out))  # fmt: skip
+    sngan.train(args)
+    assert f"starting from {path}: G, D, G_ema" in capsys.readouterr().out
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    a = dict(TQCH_ARGS, num_blocks=(1, 2, 1, 1))
+    assert ckpt["step"] == 2 and {k: ckpt["args"][k] for k in sngan.ARCH} == a
+    w = sngan.read_weights(path)
+    for n in (
+        "G",
+        "D",
+        "G_ema",
+    ):  # the file's weights (u and BatchNorm statistics move)
+        assert list(ckpt[n]) == list(sngan.networks(a)[n == "D"].state_dict())
+        for k, v in w[n].items():
+            moving = k.endswith(".u") or "running" in k or "num_batches" in k
+            assert moving or torch.allclose(ckpt[n][k], v, atol=1e-6), f"{n}.{k}"
+    sngan.train(sngan.get_args(["--out", str(out), "--resume", "--steps", "3"]))  # data from ckpt
+    ckpt = torch.load(out / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 3 and ckpt["args"]["arch"] == "tqch"
+    assert ckpt["args"]["num_blocks"] == (1, 2, 1, 1)
+    assert ckpt["opt_G"]["param_groups"][0]["lr"] == 1e-30  # the run's own arguments
+    assert isinstance(sngan.load_generator(str(out / "ckpt.pt")), sngan.TqchGenerator)
+
+
+def test_sngan_arch_tqch_trains_from_scratch_at_64(tmp_path):
+    text = "--res 64 --batch 2 --steps 2 --log-every 1 --device cpu --precision fp32 --arch tqch"
+    text += " --g-ch 2 --d-ch 2 --z-dim 8 --num-blocks 1,1,2,1"
+    args = sngan.get_args(
+        cmdline(text, "--data", faces64(tmp_path / "faces"), "--out", tmp_path / "run")
+    )
+    sngan.train(args)
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["args"]["arch"] == "tqch"
+    assert ckpt["args"]["num_blocks"] == (1, 1, 2, 1)
+    G, D = (
+        sngan.TqchGenerator(8, 2, (1, 2, 1, 1)),
+        sngan.TqchDiscriminator(2, (1, 1, 2, 1)),
+    )
+    assert list(ckpt["G"]) == list(G.state_dict()) and list(ckpt["D"]) == list(D.state_dict())
+    assert "out_fc.3.bias" not in ckpt["D"]  # their hinge-loss D: no output bias
+    logs = (tmp_path / "run" / "log.jsonl").read_text()
+    assert '"gamma"' in logs and '"loss_D"' in logs
+    x = sngan.generate(sngan.load_generator(str(tmp_path / "run" / "ckpt.pt")), 2)
+    assert x.shape == (2, 3, 64, 64)
+
+
+def test_sngan_tqch_networks_start_as_theirs():
+    """Their layers as their code runs: He-normal weights, D's biases 0; D's conv gammas 1, the
+    last layer's sigma(W); bilinear upsampling with align_corners before each G stage; 16ch at 4x4
+    in G and 16ch at 2x2 in D; D's shortcut sees ReLU(x) but in the first block."""
+    torch.manual_seed(0)
+    G, D = (
+        sngan.TqchGenerator(8, 4, (1, 1, 1, 1)),
+        sngan.TqchDiscriminator(4, (1, 1, 1, 1)),
+    )
+    assert G.in_fc[0].weight.shape == (16 * 4 * 16, 8) and G.in_fc[0].bias is None
+    up = G.layer1[0]
+    assert isinstance(up, nn.Upsample) and up.mode == "bilinear" and up.align_corners
+    assert G.layer1[1].conv1.bias is None and isinstance(G.out_conv[2], nn.Conv2d)
+    convs = [m for m in D.modules() if isinstance(m, sngan.TqchSNConv2d)]
+    assert len(convs) == 15 and all(m.gamma.item() == 1.0 and not m.bias.any() for m in convs)
+    W = D.out_fc[3].weight.detach()
+    assert D.out_fc[3].gamma.item() == pytest.approx(
+        torch.linalg.matrix_norm(W, 2).item(), rel=1e-5
+    )
+    w = torch.cat([m.weight.detach().flatten() / (2 / m.weight[0].numel()) ** 0.5 for m in convs])
+    assert w.std().item() == pytest.approx(1.0, abs=0.05)  # N(0, 2 / fan_in)
+    assert D.layer4[0].skip[1].out_channels == 64
+    x = torch.randn(2, 3, 64, 64)
+    assert D(x).shape == (2,) and G(torch.randn(2, 8)).shape == (2, 3, 64, 64)
+    # a D block's shortcut takes ReLU(x) (their in-place ReLU); the first block's takes x. Eval:
+    # u stays, so each forward has the same sigma
+    D.eval()
+    block = D.layer1[0]
+    h = torch.randn(2, 4, 32, 32)
+    want = block.conv2(F.relu(block.conv1(F.relu(h)))) + block.skip(F.relu(h))
+    assert torch.allclose(block(h), want, atol=1e-6)
+    first = D.in_block
+    want = first.conv2(F.relu(first.conv1(x))) + first.skip(x)
+    assert torch.allclose(first(x), want, atol=1e-6)
+
+
+def test_sngan_tqch_spectral_norm_order_and_eval():
+    """Their order of Alg. 1: v from the stored u, then u, sigma = u^T W v = |W v|; in training
+    the new u is kept, in eval not; the same sigma in both modes. --arch sngan's layer takes v once
+    more from the new u (test_models.py's SN tests hold its numbers)."""
+    torch.manual_seed(0)
+    for layer in (sngan.TqchSNConv2d(6, 4, 3), sngan.TqchSNLinear(10, 5)):
+        W = layer.weight.detach().flatten(1)
+        u0 = torch.randn(W.shape[0]) * 3  # their fresh u is not a unit vector: no matter here
+        layer.u.copy_(u0)
+        v1 = F.normalize(W.t() @ u0, dim=0)
+        u1 = F.normalize(W @ v1, dim=0)
+        expected = layer.weight.detach() * layer.gamma.detach() / (W @ v1).norm()
+        layer.eval()
+        assert torch.allclose(layer.sn_weight().detach(), expected, rtol=1e-6, atol=0)
+        assert torch.equal(layer.u, u0)  # not stored
+        layer.train()
+        assert torch.allclose(layer.sn_weight().detach(), expected, rtol=1e-6, atol=0)
+        assert torch.allclose(layer.u, u1)  # stored
+    ours = sngan.SNConv2d(6, 4, 3)  # this file's order: the sigma of the v after the new u
+    W = ours.weight.detach().flatten(1)
+    u1 = F.normalize(W @ F.normalize(W.t() @ ours.u, dim=0), dim=0)
+    sigma = (W.t() @ u1).norm()
+    expected = ours.weight.detach() * ours.gamma.detach() / sigma
+    assert torch.allclose(ours.sn_weight().detach(), expected, rtol=1e-5, atol=0)
+
+
+@pytest.mark.parametrize("case", ["res", "truncated", "sagan_file", "arch_typed", "num_blocks"])
+def test_sngan_tqch_mistakes_are_one_line(case, tmp_path):
+    path, _ = tqch_sngan_file(str(tmp_path), b=2, latent_dim=8)
+    out = ["--out", str(tmp_path / "run"), "--device", "cpu", "--steps", "1"]
+    if case == "res":
+        argv, said = (
+            ["--arch", "tqch", "--res", "32"],
+            "--arch tqch builds 64x64 images only; got",
+        )
+        said += " --res 32"
+    elif case == "truncated":
+        with open(path, "rb") as f:
+            data = f.read()
+        with open(path, "wb") as f:
+            f.write(data[: len(data) // 2])
+        argv, said = ["--init", path], f"{path} is not a readable checkpoint ("
+    elif case == "sagan_file":
+        path = heykeetae_sagan_files(str(tmp_path))[0]
+        argv = ["--init", path]
+        said = f"{path} is not a sngan checkpoint nor a tqch/SNGAN-AnimeFace file"
+    elif case == "arch_typed":
+        argv, said = (
+            ["--init", path, "--arch", "sngan"],
+            f"--arch sngan differs from {path}'s tqch:",
+        )
+        said += " drop it"
+    else:
+        argv, said = (
+            ["--num-blocks", "2,2,2,2"],
+            "--num-blocks applies to --arch tqch only",
+        )
+    r = run_cli("sngan.py", *argv, *out)
+    assert r.returncode == 1 and r.stderr.count("\n") == 1 and "Traceback" not in r.stderr
+    assert r.stderr.startswith(f"sngan: error: {said}"), r.stderr
+    assert not os.path.exists(tmp_path / "run" / "ckpt.pt")
+    if case == "sagan_file":  # --sample says the same, and read_weights
+        one_line(
+            run_cli("sngan.py", "--sample", path, "--device", "cpu"),
+            f"sngan: error: {said}",
+        )
+        with pytest.raises(common.UserError) as e:
+            sngan.read_weights(path)
+        assert str(e.value) == said
+
+
+def test_sngan_num_blocks_flag_takes_four_counts():
+    assert sngan.get_args([]).num_blocks == (1, 1, 1, 1) and sngan.get_args([]).arch == "sngan"
+    assert sngan.get_args(["--num-blocks", "2,1,3,1"]).num_blocks == (2, 1, 3, 1)
+    for bad in ("2,2,2", "0,1,1,1", "a,1,1,1"):
+        r = run_cli("sngan.py", "--num-blocks", bad)
+        assert r.returncode != 0 and r.stderr.count("\n") == 1
+        assert "must be 4 integers above 0" in r.stderr
+
+
+def test_sngan_checkpoint_without_arch_reads_as_sngan(tmp_path):
+    from test_models import tiny_args
+
+    mod, args = tiny_args("sngan", tmp_path, steps=1)
+    mod.train(args)
+    path = tmp_path / "ckpt.pt"
+    ckpt = torch.load(path, weights_only=True)
+    assert ckpt["args"]["arch"] == "sngan" and ckpt["args"]["num_blocks"] == (
+        1,
+        1,
+        1,
+        1,
+    )
+    del (
+        ckpt["args"]["arch"],
+        ckpt["args"]["num_blocks"],
+    )  # a checkpoint from before --arch
+    torch.save(ckpt, path)
+    w = sngan.read_weights(str(path))
+    assert w["args"]["arch"] == "sngan" and w["args"]["num_blocks"] == (1, 1, 1, 1)
+    assert isinstance(sngan.load_generator(str(path)), sngan.Generator)
+
+
+# --- for test_models.py ---------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("model", ["sagan", "sngan"])
