@@ -860,6 +860,13 @@ def test_wgan_refuses_its_critic_and_bad_files_in_one_line(tmp_path):
     assert not marker.exists()
 
 
+def truncate(path):  # the first half of a file: what a copy cut short leaves
+    with open(path, "rb") as f:
+        data = f.read()
+    with open(path, "wb") as f:
+        f.write(data[: len(data) // 2])
+
+
 def prefixed(prefix, module):
     return {prefix + k: v for k, v in module.state_dict().items()}
 
@@ -1209,9 +1216,7 @@ def test_sagan_heykeetae_mistakes_are_one_line(case, tmp_path):
         argv, said = ["--arch", "heykeetae", "--res", "32"], "--arch heykeetae builds 64x64 images"
         said += " only; got --res 32"
     elif case == "truncated":
-        data = open(g_path, "rb").read()
-        with open(g_path, "wb") as f:
-            f.write(data[: len(data) // 2])
+        truncate(g_path)
         argv, said = ["--init", g_path], f"{g_path} is not a readable checkpoint ("
     elif case == "sngan_file":
         g_path = tqch_sngan_file(str(tmp_path))[0]
@@ -1457,10 +1462,7 @@ def test_sngan_tqch_mistakes_are_one_line(case, tmp_path):
         )
         said += " --res 32"
     elif case == "truncated":
-        with open(path, "rb") as f:
-            data = f.read()
-        with open(path, "wb") as f:
-            f.write(data[: len(data) // 2])
+        truncate(path)
         argv, said = ["--init", path], f"{path} is not a readable checkpoint ("
     elif case == "sagan_file":
         path = heykeetae_sagan_files(str(tmp_path))[0]
@@ -2084,21 +2086,23 @@ def test_dcgan_reads_pytorch_examples_files_samples_and_starts_from_them(tmp_pat
     G.eval()
     z = dcgan.sample_z(4, 16, torch.Generator().manual_seed(0))
     assert torch.equal(dcgan.generate(dcgan.load_generator(path), 4, seed=0), G(z))
-    argv = ["--steps", "1", "--batch", "4", "--device", "cpu", "--out", str(tmp_path / "run")]
+    r = run_cli("dcgan.py", "--sample", path, "--n", "4", "--device", "cpu")
+    assert r.returncode == 0 and os.path.getsize(tmp_path / "samples_seed0.png") > 0, r.stderr
+    # --init (from either file of the pair): 2 steps, sizes from the files; --resume a third
+    run = tmp_path / "run"
+    argv = cmdline("--steps 2 --batch 4 --device cpu --out", run)
     dcgan.train(dcgan.get_args([*argv, "--init", str(tmp_path / "netD_epoch_3.pth")]))
-    assert "starting from" in capsys.readouterr().out
-    assert torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["args"]["g_ch"] == 8
+    assert f"starting from {tmp_path / 'netD_epoch_3.pth'}: G, D, G_ema" in capsys.readouterr().out
+    ckpt = torch.load(run / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 2 and ckpt["args"]["g_ch"] == 8 and ckpt["args"]["init"]
+    dcgan.train(dcgan.get_args(cmdline("--resume --steps 3 --device cpu --out", run)))
+    assert torch.load(run / "ckpt.pt", weights_only=True)["step"] == 3
     # another format, a truncated file, a pickle that would run code: one line, nothing run
     torch.save({"weight": torch.ones(2)}, tmp_path / "other.pth")
-    data = open(path, "rb").read()
-    open(tmp_path / "cut.pth", "wb").write(data[: len(data) // 2])
+    shutil.copy(path, tmp_path / "cut.pth")
+    truncate(tmp_path / "cut.pth")
     marker = tmp_path / "ran"
-
-    class Payload:
-        def __reduce__(self):
-            return (os.system, (f"touch {marker}",))
-
-    torch.save({"G": Payload()}, tmp_path / "evil.pth", _use_new_zipfile_serialization=True)
+    torch.save({"G": Payload(marker)}, tmp_path / "evil.pth")
     for bad in ("other.pth", "cut.pth", "evil.pth"):
         r = run_cli("dcgan.py", "--sample", str(tmp_path / bad))
         assert r.returncode == 1 and r.stderr.count("\n") == 1, r.stderr
