@@ -542,6 +542,9 @@ def standing_stats(G, n_batches, batch=64, seed=0):
     return G.eval()
 
 
+STANDING = ("running_mean", "running_var")  # the buffers that standing statistics set
+
+
 def cached_standing_stats(G, n_batches, batch=64):
     """standing_stats(G, n_batches, batch), computed once and kept: the BatchNorm statistics are
     saved in common.cache_dir() under a digest of everything they depend on (G's weights and
@@ -555,10 +558,16 @@ def cached_standing_stats(G, n_batches, batch=64):
         key.update(t.detach().cpu().reshape(-1).view(torch.uint8).numpy().tobytes())
     path = os.path.join(cache_dir(), f"{MODEL}_standing_{key.hexdigest()[:16]}.pt")
     if os.path.exists(path):
-        G.load_state_dict(torch.load(path, map_location=device, weights_only=True), strict=False)
-        return G.eval()
+        try:  # a cut-short or foreign file is not trusted: computed again and replaced
+            stats = read_torch(path, device)
+            if sorted(stats) != sorted(k for k in G.state_dict() if k.endswith(STANDING)):
+                raise UserError("not the statistics of this G")
+            G.load_state_dict(stats, strict=False)
+            return G.eval()
+        except (UserError, AttributeError, TypeError, RuntimeError) as e:
+            print(f"standing statistics cache {path} unreadable ({e}): computed again", flush=True)
     G = standing_stats(G, n_batches, batch)
-    stats = {k: v for k, v in G.state_dict().items() if k.endswith(("running_mean", "running_var"))}
+    stats = {k: v for k, v in G.state_dict().items() if k.endswith(STANDING)}
     data, tmp = io.BytesIO(), f"{path}.{os.getpid()}.tmp"
     torch.save(stats, data)  # serialised first: a full disk then fails in a plain write
     try:

@@ -3261,6 +3261,28 @@ def test_standing_stats_are_computed_once_per_checkpoint_and_settings(
     assert len(calls) == 5
 
 
+@pytest.mark.parametrize("damage", ["cut short", "not statistics", "a pickle"])
+def test_a_damaged_standing_stats_cache_is_said_computed_again_and_replaced(
+    biggan_two_checkpoints, tmp_path, monkeypatch, capsys, damage
+):
+    ckpt = biggan_two_checkpoints[0]
+    monkeypatch.setenv("GAN_CACHE_DIR", str(tmp_path))
+    first = biggan_bn_stats(biggan.load_generator(ckpt, standing=2, batch=8))
+    (path,) = tmp_path.iterdir()
+    good = path.read_bytes()
+    if damage == "cut short":
+        truncate(path)
+    elif damage == "not statistics":
+        torch.save({"running_mean": torch.zeros(3)}, path)
+    else:
+        path.write_bytes(pickle.dumps([1, 2]))
+    again = biggan_bn_stats(biggan.load_generator(ckpt, standing=2, batch=8))
+    said = capsys.readouterr().out
+    assert f"standing statistics cache {path} unreadable (" in said and "computed again" in said
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert path.read_bytes() == good  # replaced by the statistics computed again
+
+
 # --- StyleGAN2-ADA as the papers describe it ------------------------------------------------------
 
 
