@@ -157,7 +157,10 @@ class SpectralNorm:
         with torch.autocast(self.weight.device.type, enabled=False):  # power iteration in fp32
             W = self.weight.flatten(1)  # (out, in*k*k)
             with torch.no_grad():  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
-                v = F.normalize(W.t() @ self.u, dim=0, eps=1e-6)
+                # v as u^T W, a matrix product (mm, not mv): torch.compile's backward then
+                # keeps v, instead of computing it again from u after this forward stored the
+                # new u (a wrong gradient where W has few rows: G's RGB layer)
+                v = F.normalize((self.u[None] @ W)[0], dim=0, eps=1e-6)
                 u = F.normalize(W @ v, dim=0, eps=1e-6)
                 if self.training:  # the next forward starts from this u
                     self.u.copy_(u)

@@ -145,7 +145,10 @@ class SpectralNorm:
             u, v = self.u, self.v
             if self.training or self.iterate_in_eval:
                 with torch.no_grad():  # Alg. 1: v <- W^T u / |W^T u|, u <- W v / |W v|
-                    v = F.normalize(torch.mv(M.t(), u), dim=0)
+                    # v as u^T W, a matrix product (mm, not mv): torch.compile's backward then
+                    # keeps v, instead of computing it again from u after this forward stored
+                    # the new u (a wrong gradient where W has few rows: G's RGB layer)
+                    v = F.normalize((u[None] @ M)[0], dim=0)
                     u = F.normalize(torch.mv(M, v), dim=0)
                 if self.training:  # kept for the next step; an eval forward leaves them as stored
                     self.v.copy_(v)

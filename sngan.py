@@ -144,14 +144,19 @@ class SpectralNorm:
         W = self.weight.reshape(self.weight.shape[0], -1)  # (out, in*kh*kw)
         with torch.autocast(W.device.type, enabled=False):  # bf16 keeps 8 bits: sigma in fp32
             with torch.no_grad():
-                if self.training and not self.v_first:  # Alg. 1: v <- W^T u/|.|, u <- W v/|.|
-                    self.u.copy_(F.normalize(W @ F.normalize(W.t() @ self.u, dim=0), dim=0))
-                v = F.normalize(W.t() @ self.u, dim=0)
-                u = self.u
-                if self.v_first:  # Alg. 1 in its order: v from the stored u (above), then u
+                if self.v_first:  # Alg. 1 in its order: v from the stored u, then u from v
+                    # v as u^T W, a matrix product (mm, not mv): torch.compile's backward then
+                    # keeps v instead of computing it again from u, which this forward and the
+                    # next (D on real, then on fake) overwrite: a wrong gradient, or an error
+                    v = F.normalize((self.u[None] @ W)[0], dim=0)
                     u = F.normalize(W @ v, dim=0)
                     if self.training:
                         self.u.copy_(u)
+                else:
+                    if self.training:  # Alg. 1: v <- W^T u/|.|, u <- W v/|.|
+                        self.u.copy_(F.normalize(W @ F.normalize(W.t() @ self.u, dim=0), dim=0))
+                    v = F.normalize(W.t() @ self.u, dim=0)
+                    u = self.u
             # sigma(W) = u^T W v. u is cloned: a second training forward before backward (D on
             # real, then on fake) and DDP's buffer broadcast overwrite u in place, which would
             # break this graph

@@ -1582,6 +1582,30 @@ def test_reduced_precision_trains_and_resumes_the_same_run(model, precision, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize(
+    "layer",
+    ["sngan.SNConv2d", "sngan.TqchSNConv2d", "sngan.TqchSNLinear", "sagan.SNConv2d",
+     "sagan.SNConvTranspose2d", "sagan.HeykeetaeSNConv2d", "biggan.SNConv2d"],
+)  # fmt: skip
+def test_compiled_spectral_norm_gives_eagers_gradient_over_two_forwards(layer):
+    """A spectral-norm layer with few rows (an RGB layer: 3; a logit: 1), two training forwards
+    (D on real, then on fake) and one backward: under torch.compile the same gradient and u as
+    eager. torch's partitioner may compute v again in the backward from the stored u, which
+    each forward overwrites: an error, or a wrong gradient, unless v comes from a matrix product."""
+    mod, name = layer.split(".")
+    torch.manual_seed(0)
+    linear = name.endswith("Linear")
+    eager = getattr(importlib.import_module(mod), name)(*((16, 1) if linear else (6, 3, 3, 1, 1)))
+    compiled = copy.deepcopy(eager)
+    x = torch.randn((2, 16) if linear else (2, 6, 5, 5))
+    for net in (eager, torch.compile(compiled)):
+        (net(x).square().sum() + net(x + 1).square().sum()).backward()
+    grad = eager.weight.grad
+    assert (compiled.weight.grad - grad).abs().max() <= 1e-5 * grad.abs().max()
+    assert grad.abs().max() > 0 and torch.allclose(compiled.u, eager.u, atol=1e-6)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_compile_trains_and_resumes(model, tmp_path):
     """--compile for 2 steps, then --resume to 4. Compiled kernels are not bit-stable across
