@@ -201,7 +201,7 @@ def check_biggan(ref_dir, res=128, attn="64"):
         path = f"{tmp}/exp/G_ema.pth"
         w = biggan.read_weights(path)
         G_ema2 = biggan.load_generator(path, standing=0)
-        state = biggan.load_tensors(f"{tmp}/exp/state_dict.pth", "cpu", allow=[torch.nn.ReLU])
+        state = biggan.read_torch(f"{tmp}/exp/state_dict.pth", "cpu", allow=[torch.nn.ReLU])
     c = state["config"]  # read as biggan.py reads it: weights_only, nn.ReLU the one class allowed
     print(f"state_dict.pth config: {len(c)} entries, G_activation {c['G_activation']!r}")
     print("args", w["args"], "classes", w["classes"])

@@ -1582,30 +1582,6 @@ def test_reduced_precision_trains_and_resumes_the_same_run(model, precision, tmp
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "layer",
-    ["sngan.SNConv2d", "sngan.TqchSNConv2d", "sngan.TqchSNLinear", "sagan.SNConv2d",
-     "sagan.SNConvTranspose2d", "sagan.HeykeetaeSNConv2d", "biggan.SNConv2d"],
-)  # fmt: skip
-def test_compiled_spectral_norm_gives_eagers_gradient_over_two_forwards(layer):
-    """A spectral-norm layer with few rows (an RGB layer: 3; a logit: 1), two training forwards
-    (D on real, then on fake) and one backward: under torch.compile the same gradient and u as
-    eager. torch's partitioner may compute v again in the backward from the stored u, which
-    each forward overwrites: an error, or a wrong gradient, unless v comes from a matrix product."""
-    mod, name = layer.split(".")
-    torch.manual_seed(0)
-    linear = name.endswith("Linear")
-    eager = getattr(importlib.import_module(mod), name)(*((16, 1) if linear else (6, 3, 3, 1, 1)))
-    compiled = copy.deepcopy(eager)
-    x = torch.randn((2, 16) if linear else (2, 6, 5, 5))
-    for net in (eager, torch.compile(compiled)):
-        (net(x).square().sum() + net(x + 1).square().sum()).backward()
-    grad = eager.weight.grad
-    assert (compiled.weight.grad - grad).abs().max() <= 1e-5 * grad.abs().max()
-    assert grad.abs().max() > 0 and torch.allclose(compiled.u, eager.u, atol=1e-6)
-
-
-@pytest.mark.slow
 @pytest.mark.parametrize("model", MODELS)
 def test_compile_trains_and_resumes(model, tmp_path):
     """--compile for 2 steps, then --resume to 4. Compiled kernels are not bit-stable across
@@ -2678,6 +2654,30 @@ def test_g_step_draws_a_fresh_z(model, tmp_path, monkeypatch):
             assert a_d == a_g == (8, 128, None, None)  # the same batch and truncated distribution
             assert zin_d is z_d and zin_g is z_g and not torch.equal(z_d, z_g)
             assert torch.equal(d_inputs[i][8:], x_d)  # D step: [real, fake] in one forward
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "layer",
+    ["sngan.SNConv2d", "sngan.TqchSNConv2d", "sngan.TqchSNLinear", "sagan.SNConv2d",
+     "sagan.SNConvTranspose2d", "sagan.HeykeetaeSNConv2d", "biggan.SNConv2d"],
+)  # fmt: skip
+def test_compiled_spectral_norm_gives_eagers_gradient_over_two_forwards(layer):
+    """A spectral-norm layer with few rows (an RGB layer: 3; a logit: 1), two training forwards
+    (D on real, then on fake) and one backward: under torch.compile the same gradient and u as
+    eager. torch's partitioner may compute v again in the backward from the stored u, which
+    each forward overwrites: an error, or a wrong gradient, unless v comes from a matrix product."""
+    mod, name = layer.split(".")
+    torch.manual_seed(0)
+    linear = name.endswith("Linear")
+    eager = getattr(importlib.import_module(mod), name)(*((16, 1) if linear else (6, 3, 3, 1, 1)))
+    compiled = copy.deepcopy(eager)
+    x = torch.randn((2, 16) if linear else (2, 6, 5, 5))
+    for net in (eager, torch.compile(compiled)):
+        (net(x).square().sum() + net(x + 1).square().sum()).backward()
+    grad = eager.weight.grad
+    assert (compiled.weight.grad - grad).abs().max() <= 1e-5 * grad.abs().max()
+    assert grad.abs().max() > 0 and torch.allclose(compiled.u, eager.u, atol=1e-6)
 
 
 # --- SAGAN as the paper describes it --------------------------------------------------------------
@@ -5125,6 +5125,30 @@ def test_fid_cli_on_a_checkpoint_writes_the_last_line_json_and_cache(tmp_path, c
         fid.measure(
             fid.get_args([str(tmp_path), str(tmp_path / "w.pth"), "--n", "4", "--device", "cpu"])
         )
+
+
+# --- check_references.py ---------------------------------------------------------------------
+
+
+def test_check_references_uses_only_names_the_model_files_have():
+    """check_references.py runs only beside the references' checkouts, never in CI: a name it
+    takes from a model file (read_torch, read_weights, networks...) that the file no longer has
+    would show only there. Every `<model>.<name>` it uses exists."""
+    tree = ast.parse(open(os.path.join(HERE, "check_references.py")).read())
+    alias = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            alias.update({a.asname or a.name: a.name for a in node.names if a.name in MODELS})
+    used = {
+        (alias[node.value.id], node.attr)
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Attribute) and getattr(node.value, "id", None) in alias
+    }
+    assert {m for m, _ in used} == set(MODELS) - {"cgan"}  # every reference it checks
+    missing = [
+        f"{m}.{name}" for m, name in sorted(used) if not hasattr(importlib.import_module(m), name)
+    ]
+    assert not missing, f"check_references.py uses names the model files lack: {missing}"
 
 
 # --- bench.py -------------------------------------------------------------------------------------
